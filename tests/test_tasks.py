@@ -1,0 +1,138 @@
+"""Task generators: labels re-derived independently, the distance promise, determinism, layout."""
+
+import pytest
+import torch
+
+from memorylib.models import DEFAULT_WINDOW
+from memorylib.registry import build_model, build_task, task_names
+from memorylib.tasks import (CELL, DEFAULT_MIN_DISTANCE, IGNORE, LengthExtrapolation, TokenLayout,
+                             derive_seed, reference_labels)
+
+GENERATORS = ["associative_lookup", "changing_facts", "needle_recall", "multi_hop"]
+VARIANTS = [
+    ("associative_lookup", {}),
+    ("associative_lookup", {"min_distance": 1, "seq_len": 100}),
+    ("associative_lookup", {"num_pairs": 16, "num_queries": 4, "seq_len": 200, "filler": "predictable"}),
+    ("changing_facts", {}),
+    ("changing_facts", {"num_active_keys": 3, "updates_per_phase": 9, "queries_per_phase": 2, "num_phases": 3, "seq_len": 301}),
+    ("needle_recall", {}),
+    ("needle_recall", {"filler": "random", "depth": 0.0}),
+    ("needle_recall", {"depth": 1.0, "seq_len": 600}),
+    ("multi_hop", {}),
+    ("multi_hop", {"num_chains": 8, "num_queries": 3, "min_distance": 10, "seq_len": 120}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS)
+def test_labels_match_an_independent_parse_of_the_tokens(name, kwargs):
+    task = build_task(name, **kwargs)
+    batch = task.sample(32, seed=3)
+    targets, distance = reference_labels(batch.tokens, task.layout, hops=2 if name == "multi_hop" else 1)
+    assert torch.equal(targets, batch.targets)
+    assert torch.equal(distance, batch.distance)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS)
+def test_every_answer_is_the_next_token_and_beyond_min_distance(name, kwargs):
+    task = build_task(name, **kwargs)
+    b = task.sample(64, seed=1)
+    mask = b.answer_mask
+    assert b.tokens.shape == (64, task.seq_len) and b.tokens.dtype == torch.long
+    assert mask.any()
+    pos = mask.nonzero()
+    assert torch.equal(b.targets[mask], b.tokens[pos[:, 0], pos[:, 1] + 1])
+    assert int(b.distance[mask].min()) >= task.min_distance
+    assert (b.distance[~mask] == -1).all() and (b.targets[~mask] == IGNORE).all()
+    # the evidence really is `distance` back: the token there states the answer (or its hop)
+    ev = b.tokens[pos[:, 0], pos[:, 1] - b.distance[mask]]
+    if name == "multi_hop":
+        assert task.layout.is_key(ev).all()
+    else:
+        assert torch.equal(ev, b.targets[mask])
+    assert int(b.tokens.min()) >= 1 and int(b.tokens.max()) < task.vocab_size  # PAD never generated
+
+
+def test_default_distance_lies_beyond_the_default_local_models_reach():
+    local = build_model("local_transformer")
+    assert local.window == DEFAULT_WINDOW
+    assert DEFAULT_MIN_DISTANCE >= local.receptive_field >= DEFAULT_WINDOW
+    for name in GENERATORS:
+        b = build_task(name).sample(128, seed=0)
+        assert int(b.distance[b.answer_mask].min()) >= local.receptive_field
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_deterministic_from_a_seed_and_different_across_seeds(name):
+    task = build_task(name)
+    a, b, c = task.sample(16, seed=5), task.sample(16, seed=5), task.sample(16, seed=6)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_train_and_eval_seeds_are_distinct_streams():
+    assert derive_seed(0, "train") != derive_seed(0, "eval")
+    task = build_task("associative_lookup")
+    train = task.sample(256, seed=derive_seed(0, "train")).tokens
+    held_out = task.sample(256, seed=derive_seed(0, "eval")).tokens
+    shared = {tuple(r) for r in train.tolist()} & {tuple(r) for r in held_out.tolist()}
+    assert not shared
+
+
+def test_changing_facts_overwrites_and_records_the_stale_value():
+    task = build_task("changing_facts")
+    b = task.sample(128, seed=2)
+    mask = b.answer_mask
+    has_stale = b.stale[mask] >= 0
+    assert has_stale.float().mean() > 0.5            # most answers overwrote something
+    assert (b.stale[mask][has_stale] != b.targets[mask][has_stale]).all()
+    assert task.layout.is_value(b.stale[mask][has_stale]).all()
+    # the stale value was really stated for that key earlier in the stream
+    lay = task.layout
+    for i, t in mask.nonzero().tolist()[:200]:
+        if b.stale[i, t] < 0:
+            continue
+        key, row = int(b.tokens[i, t]), b.tokens[i, :t].tolist()
+        stated = [row[c + 2] for c in range(0, len(row) - 2, CELL) if row[c] == lay.SET and row[c + 1] == key]
+        assert int(b.stale[i, t]) in stated and stated[-1] == int(b.targets[i, t])
+
+
+def test_needle_predictable_filler_is_a_cycle_and_depth_is_reported():
+    task = build_task("needle_recall", filler="predictable", depth=0.5)
+    b = task.sample(8, seed=0)
+    lay = task.layout
+    filler = lay.is_filler(b.tokens)
+    nxt = torch.roll(b.tokens, -1, dims=1)
+    both = filler & torch.roll(filler, -1, dims=1)
+    both[:, -1] = False
+    step = (nxt - b.tokens)[both] % lay.num_filler
+    assert (step == 1).all()
+    assert torch.allclose(b.extras["depth"], torch.full((8,), 0.5), atol=0.05)
+    assert (b.answer_mask.sum(1) == 1).all()
+
+
+def test_multi_hop_answer_is_two_hops_away():
+    task = build_task("multi_hop")
+    b = task.sample(16, seed=4)
+    targets_one_hop, _ = reference_labels(b.tokens, task.layout, hops=1)
+    mask = b.answer_mask
+    assert (targets_one_hop[mask] != b.targets[mask]).all()
+
+
+def test_length_extrapolation_protocol_scales_only_the_length():
+    proto = build_task("length_extrapolation", seq_len=96, factors=(1, 2, 4, 8), num_pairs=4, num_queries=4)
+    assert isinstance(proto, LengthExtrapolation)
+    for f in proto.factors:
+        t = proto.eval_task(f)
+        assert t.seq_len == 96 * f and t.num_pairs == 4
+    long = proto.eval_task(8).sample(16, seed=0)
+    short = proto.sample(16, seed=0)
+    assert long.distance[long.answer_mask].float().mean() > 4 * short.distance[short.answer_mask].float().mean()
+
+
+def test_layout_is_documented_and_consistent():
+    lay = TokenLayout()
+    assert (lay.PAD, lay.SET, lay.ASK, lay.key_start) == (0, 1, 2, 3)
+    assert (lay.value_start, lay.filler_start, lay.vocab_size) == (67, 131, 163)
+    assert [lay.label(t) for t in (0, 1, 2, 3, 67, 131)] == ["PAD", "SET", "ASK", "k0", "v0", "~0"]
+    assert set(task_names()) == {"associative_lookup", "changing_facts", "needle_recall", "multi_hop",
+                                 "length_extrapolation"}

@@ -22,3 +22,31 @@ for var, sub in [("JUPYTER_CONFIG_DIR", "jupyter-config"), ("JUPYTER_DATA_DIR", 
     os.environ.setdefault(var, str(path))
 # Same thread count as the reference machine, before torch is imported anywhere.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# --- chapter run times -----------------------------------------------------------------------
+# `pytest --nbval chapters/` runs every chapter in full, one test item per cell; the papermill
+# test (tests/test_notebooks.py) runs each with FAST=True. Both are summed per chapter and printed
+# at the end of the run against the budgets, so CI output shows every chapter's runtime.
+FULL_BUDGET_S, FAST_BUDGET_S = 180, 45
+chapter_times: dict[str, dict[str, float]] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.nodeid.startswith("chapters/") and report.nodeid.split("::")[0].endswith(".ipynb"):
+        name = report.nodeid.split("::")[0].split("/")[-1]
+        chapter_times.setdefault(name, {}).setdefault("full", 0.0)
+        chapter_times[name]["full"] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not chapter_times:
+        return
+    terminalreporter.section("chapter run times (2-core budget: full <= 180 s, FAST <= 45 s)")
+    for name, times in sorted(chapter_times.items()):
+        parts = []
+        for kind, budget in (("full", FULL_BUDGET_S), ("fast", FAST_BUDGET_S)):
+            if kind in times:
+                over = "  OVER BUDGET" if times[kind] > budget else ""
+                parts.append(f"{kind} {times[kind]:6.1f} s{over}")
+        terminalreporter.write_line(f"{name:40s} " + "   ".join(parts))

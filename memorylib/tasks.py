@@ -512,6 +512,50 @@ class LengthExtrapolation:
         return f"LengthExtrapolation(base={self.base!r}, seq_len={self.seq_len}, factors={self.factors})"
 
 
+class TaskMixture:
+    """Batches drawn from several tasks: each :meth:`sample` call picks one task at random
+    (by ``weights``) and returns a whole batch of it, so sequence lengths may differ between batches.
+
+    Used to train on a spread of distances (chapter 1: short and long associative lookup).
+    """
+
+    name = "mixture"
+
+    def __init__(self, tasks: list, weights: list[float] | None = None):
+        if not tasks or not all(isinstance(t, Task) for t in tasks):
+            raise ValueError("tasks must be a non-empty list of Task objects")
+        if len({t.layout for t in tasks}) != 1:
+            raise ValueError("all tasks of a mixture must share one TokenLayout")
+        weights = [1.0] * len(tasks) if weights is None else list(weights)
+        if len(weights) != len(tasks) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be {len(tasks)} non-negative numbers with a positive sum, got {weights!r}")
+        self.tasks, self.weights = list(tasks), weights
+        self.layout = tasks[0].layout
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layout.vocab_size
+
+    @property
+    def chance(self) -> float:
+        return min(t.chance for t in self.tasks)
+
+    @property
+    def min_distance(self) -> int:
+        return min(t.min_distance for t in self.tasks)
+
+    def sample(self, batch_size: int, seed: int | torch.Generator = 0) -> Batch:
+        g = make_generator(seed)
+        which = int(torch.multinomial(torch.tensor(self.weights, dtype=torch.float), 1, generator=g))
+        return self.tasks[which].sample(batch_size, g)
+
+    def config(self) -> dict:
+        return {"task": self.name, "tasks": [t.config() for t in self.tasks], "weights": self.weights}
+
+    def __repr__(self) -> str:
+        return f"TaskMixture({self.tasks!r}, weights={self.weights})"
+
+
 def reference_labels(tokens: torch.Tensor, layout: TokenLayout | None = None, hops: int = 1):
     """Re-derive answers and distances from a token stream with a plain Python loop.
 

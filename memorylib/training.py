@@ -32,10 +32,10 @@ def answer_accuracy(logits: torch.Tensor, batch: Batch) -> float:
     return float((logits.argmax(-1)[mask] == batch.targets[mask]).float().mean())
 
 
-def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 32, lr: float = 3e-3,
+def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 32, lr: float = 5e-3,
           weight_decay: float = 0.01, clip: float = 1.0, warmup: int = 50, seed: int = 0,
           log_every: int = 10, progress: bool = True, desc: str | None = None) -> dict:
-    """Train ``model`` on ``task`` with AdamW, linear warm-up, cosine decay and gradient clipping.
+    """Train ``model`` on ``task`` with AdamW, gradient clipping and a warm-up/hold/decay schedule.
 
     Returns ``{"steps", "batch_size", "lr", "seed", "history": {"step", "loss", "accuracy"}}``
     where history holds the training-batch loss and answer accuracy every ``log_every`` steps.
@@ -49,10 +49,14 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
     def schedule(step: int) -> float:
+        # warm up, hold the rate (long enough to leave the plateau before recall forms), then
+        # decay linearly over the last fifth
         if step < warmup:
             return (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+        decay_from = int(0.8 * steps)
+        if step < decay_from:
+            return 1.0
+        return max(0.05, 1.0 - (step - decay_from) / max(1, steps - decay_from))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     history = {"step": [], "loss": [], "accuracy": []}

@@ -136,3 +136,19 @@ def test_layout_is_documented_and_consistent():
     assert [lay.label(t) for t in (0, 1, 2, 3, 67, 131)] == ["PAD", "SET", "ASK", "k0", "v0", "~0"]
     assert set(task_names()) == {"associative_lookup", "changing_facts", "needle_recall", "multi_hop",
                                  "length_extrapolation"}
+
+
+def test_mixture_draws_whole_batches_from_each_task():
+    from memorylib.tasks import TaskMixture
+    short = build_task("associative_lookup", seq_len=48, min_distance=1)
+    long = build_task("associative_lookup", min_distance=1)
+    mix = TaskMixture([short, long], weights=[1, 3])
+    g = torch.Generator().manual_seed(0)
+    lengths = [mix.sample(2, g).tokens.shape[1] for _ in range(400)]
+    assert set(lengths) == {48, 144}
+    assert 0.65 < lengths.count(144) / 400 < 0.85
+    assert mix.min_distance == 1 and mix.chance == short.chance
+    with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
+        TaskMixture([short, long], weights=[1, -1])
+    with pytest.raises(ValueError, match="share one TokenLayout"):
+        TaskMixture([short, build_task("associative_lookup", layout=TokenLayout(num_keys=8))])

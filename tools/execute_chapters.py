@@ -1,0 +1,51 @@
+"""Re-execute chapter notebooks top to bottom on a fresh kernel and store their outputs in place.
+
+    python tools/execute_chapters.py                 # every chapter, full parameters
+    python tools/execute_chapters.py chapters/01_memory_tasks.ipynb
+
+The environment is the one nbval checks against (conftest.py: MEMORYLIB_BOOK=1 and scratch
+Jupyter dirs), so the committed outputs are what `pytest --nbval` reproduces. papermill keeps the
+ipywidgets state in the notebook metadata, which the static book renders as a snapshot. Volatile
+papermill metadata (start/end times, durations) is removed so re-running gives clean diffs.
+The wall time of every chapter is printed against its budget.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import runpy
+import sys
+import time
+
+import nbformat
+import papermill
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BUDGET_S = 180
+
+
+def strip_volatile(path: pathlib.Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, path)
+
+
+def main(argv: list[str]) -> int:
+    runpy.run_path(str(ROOT / "conftest.py"))        # same environment as the tests
+    paths = [pathlib.Path(p) for p in argv] or sorted((ROOT / "chapters").glob("[0-9]*.ipynb"))
+    for path in paths:
+        start = time.perf_counter()
+        papermill.execute_notebook(str(path), str(path), cwd=str(path.parent), kernel_name="python3",
+                                   progress_bar=False)
+        seconds = time.perf_counter() - start
+        strip_volatile(path)
+        flag = "" if seconds <= BUDGET_S else f"  OVER BUDGET ({BUDGET_S} s)"
+        print(f"{path.name}: {seconds:.1f} s{flag}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

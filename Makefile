@@ -5,8 +5,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# nbval's output sanitizer (owned with the notebook tests); optional until that file lands.
-SANITIZE := $(if $(wildcard tests/nbval_sanitize.cfg),--nbval-sanitize-with tests/nbval_sanitize.cfg)
+SANITIZE := --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: venv book test chapters clean
 

@@ -91,8 +91,8 @@ def _distance_trace(name: str, result: dict, colour: str, visible=True) -> go.Sc
 def _mark(x: float, label: str, colour: str = "#555") -> tuple[dict, dict]:
     shape = {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "yref": "paper",
              "line": {"dash": "dot", "color": colour, "width": 1.5}}
-    note = {"x": x, "y": 1.0, "yref": "paper", "text": label, "showarrow": False,
-            "xanchor": "left", "yanchor": "bottom", "font": {"size": 11, "color": colour}}
+    note = {"x": x, "y": 0.97, "yref": "paper", "text": label, "showarrow": False,
+            "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": colour}}
     return shape, note
 
 

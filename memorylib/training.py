@@ -89,11 +89,12 @@ def _distance_bins(distances: np.ndarray, bin_width: int | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size: int = 128,
+def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size: int = 32,
             seed: int = 0) -> dict:
     """Run ``model`` on held-out sequences; per-answer arrays for custom analysis.
 
-    Returns numpy arrays: ``example`` (sequence index), ``distance``, ``correct`` (bool),
+    Batches are small (32) so that a :class:`~memorylib.tasks.TaskMixture`, which draws one task
+    per batch, is evaluated on an even mix. Returns numpy arrays: ``example`` (sequence index), ``distance``, ``correct`` (bool),
     ``stale`` (the overwritten value or -1), ``predicted``, ``target``, and ``num_examples``.
     """
     _check_int("num_examples", num_examples, 1)
@@ -122,7 +123,7 @@ def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size
     return out
 
 
-def evaluate(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size: int = 128,
+def evaluate(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size: int = 32,
              seed: int = 0, bin_width: int | None = None, digits: int = 4) -> dict:
     """Held-out answer accuracy with a 95 % interval, broken down by evidence distance.
 

@@ -344,12 +344,11 @@ class ChangingFacts(Task):
         previous = torch.full((B, A), -1, dtype=torch.long)   # the value it overwrote
         last_cell = torch.full((B, A), -1, dtype=torch.long)  # cell of the latest evidence
         rows = torch.arange(B)
+        order = _rand_perm(B, A, g)        # the first phase assigns every key once, in this order
         cell = 0
         for phase in range(self.num_phases):
             for u in range(self.updates_per_phase):
-                if phase == 0 and u < A:   # first phase: assign every key once, in random order
-                    if u == 0:
-                        order = _rand_perm(B, A, g)
+                if phase == 0 and u < A:
                     which = order[:, u]
                 else:
                     which = torch.randint(0, A, (B,), generator=g)

@@ -13,6 +13,8 @@ import nbformat
 import papermill
 import pytest
 
+from conftest import chapter_times   # the run-time table printed at the end of the session
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9]*.ipynb"))
 
@@ -53,7 +55,6 @@ def test_chapter_runs_fast_under_papermill(path, tmp_path):
     papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"FAST": True},
                                cwd=str(path.parent), kernel_name="python3", progress_bar=False)
     seconds = time.perf_counter() - start
-    from conftest import chapter_times
     chapter_times.setdefault(path.name, {})["fast"] = seconds
     # Not asserted: wall time depends on what else the machine runs (a timed test flakes). The
     # run time of every chapter, FAST and full, is printed against its budget at the end of the

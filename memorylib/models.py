@@ -157,3 +157,141 @@ def local_transformer(window: int = DEFAULT_WINDOW, **kwargs) -> TinyTransformer
     if window is None:
         raise ValueError("local_transformer needs an int window >= 1; use tiny_transformer for full attention")
     return TinyTransformer(window=window, **kwargs)
+
+
+# --- slot memory models (chapters 2-3) ---------------------------------------------------------
+
+from .slot_memory import SlotMemory  # noqa: E402
+
+
+class SlotMemoryModel(nn.Module):
+    """Local causal attention with a slot memory beside it. Introduced in chapter 2.
+
+    tokens -> embedding (+ previous-token mix) -> ``num_layers`` windowed attention blocks -> ``h``;
+    at each position the memory is read with a query from ``h`` (what tokens before it wrote),
+    the read is fused into ``h`` (residual projection and an MLP) and the next token predicted;
+    then ``h`` is written. The attention sees ``window`` tokens; everything older reaches the
+    prediction only through the memory. Memory options are those of
+    :class:`~memorylib.slot_memory.SlotMemory`.
+
+    ``model(tokens)`` gives logits; ``model(tokens, return_trace=True)`` gives
+    ``(logits, trace)`` with the memory's per-step trace. :meth:`recall` probes what the memory
+    would answer for given keys after every position (chapter 3's survival curves).
+    """
+
+    def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 1,
+                 num_heads: int = 4, window: int = DEFAULT_WINDOW, num_slots: int = 16, slot_dim: int = 32,
+                 memory_heads: int = 1, top_k: int | None = None, write_policy: str = "content",
+                 fixed_erase: float | None = None, bottleneck: int | None = None, decay: bool = False,
+                 utilization_weight: float = 0.0, seed: int = 0):
+        super().__init__()
+        vocab_size = TokenLayout().vocab_size if vocab_size is None else vocab_size
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
+                            ("num_layers", num_layers), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if window is None:
+            raise ValueError("a slot memory model needs an int window >= 1 for its local attention")
+        check_window(window)
+        self.vocab_size, self.window = vocab_size, window
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.shift = nn.Linear(d_model, d_model, bias=False)
+        self.blocks = nn.ModuleList(Block(d_model, num_heads) for _ in range(num_layers))
+        self.memory = SlotMemory(d_model, num_slots=num_slots, slot_dim=slot_dim, num_heads=memory_heads,
+                                 top_k=top_k, write_policy=write_policy, fixed_erase=fixed_erase,
+                                 bottleneck=bottleneck, decay=decay, utilization_weight=utilization_weight,
+                                 seed=seed)
+        self.fuse = nn.Linear(memory_heads * slot_dim, d_model)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+
+    @property
+    def num_slots(self) -> int:
+        return self.memory.num_slots
+
+    @num_slots.setter
+    def num_slots(self, value: int) -> None:
+        self.memory.num_slots = value
+
+    @property
+    def receptive_field(self) -> int:
+        """How far back the attention path reaches (itself included); older tokens reach a
+        prediction only through the memory."""
+        return len(self.blocks) * (self.window - 1) + 2
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The local features ``h: (batch, seq_len, d_model)`` the memory reads and writes with."""
+        check_tokens(tokens, self.vocab_size)
+        check_window(self.window)
+        x = self.embed(tokens)
+        x = x + self.shift(F.pad(x, (0, 0, 1, 0))[:, :-1])
+        for block in self.blocks:
+            x = block(x, self.window)
+        return x
+
+    def predict_from(self, h: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
+        """Fuse memory reads ``(..., heads * slot_dim)`` into features ``(..., d_model)``; logits."""
+        x = h + self.fuse(reads)
+        x = x + self.mlp(self.norm_mlp(x))
+        return self.head(self.norm(x))
+
+    def forward(self, tokens: torch.Tensor, return_trace: bool = False):
+        h = self.features(tokens)
+        reads, _, trace = self.memory(h, trace=return_trace)
+        logits = self.predict_from(h, reads)
+        return (logits, trace) if return_trace else logits
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """Added to the answer loss by :func:`~memorylib.training.train`: the memory's
+        slot-utilization loss for the last forward pass (0 unless ``utilization_weight > 0``)."""
+        return self.memory.utilization_loss()
+
+    @torch.no_grad()
+    def recall(self, tokens: torch.Tensor, probe_keys: torch.Tensor, layout: TokenLayout | None = None):
+        """What the memory would answer, after every position, if asked about each probe key.
+
+        tokens: (batch, seq_len); probe_keys: (batch, num_probes) key token ids. For every
+        position ``t`` and probe ``k`` the answer is the model's prediction for a query cell
+        ``ASK k`` (preceded by one filler cell) read against the memory as it is after token
+        ``t``. Returns (batch, seq_len, num_probes) predicted token ids.
+        """
+        layout = layout or TokenLayout()
+        B, P = probe_keys.shape
+        h = self.features(tokens)
+        _, _, tr = self.memory(h, trace=True, keep_states=True)
+        keys, values = tr["keys"], tr["values"]                             # (B, T, S, D)
+        filler = torch.arange(3) % layout.num_filler + layout.filler_start
+        snippet = torch.cat([filler.expand(B * P, 3), torch.full((B * P, 1), layout.ASK),
+                             probe_keys.reshape(B * P, 1)], dim=1)
+        hp = self.features(snippet)[:, -1].view(B, P, -1)                    # (B, P, d_model)
+        pr = self.memory.projections(hp)
+        mem = self.memory
+        q = pr["query"].reshape(B, 1, P * mem.num_heads, mem.slot_dim)
+        qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        kn = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        scores = (qn @ kn.transpose(-1, -2)).view(B, -1, P, mem.num_heads, mem.num_slots)
+        from .slot_memory import address
+        w = address(scores, mem.log_sharpness.exp()[:, None], mem.top_k)   # (B, T, P, H, S)
+        r = torch.einsum("btphs,btsd->btphd", w, values) * pr["read_gate"][:, None, :, None, None]
+        logits = self.predict_from(hp[:, None].expand(-1, r.shape[1], -1, -1), r.flatten(-2))
+        return logits.argmax(-1)
+
+
+def _slot(**defaults):
+    def factory(**kwargs):
+        for key in defaults:
+            if key in kwargs and kwargs[key] != defaults[key]:
+                raise ValueError(f"this model fixes {key}={defaults[key]!r}; got {key}={kwargs[key]!r}")
+        return SlotMemoryModel(**{**defaults, **kwargs})
+    return factory
+
+
+register_model("slot_memory")(_slot())
+register_model("no_forget")(_slot(fixed_erase=0.0))
+register_model("fifo_memory")(_slot(write_policy="fifo"))
+register_model("random_write")(_slot(write_policy="random"))
+register_model("lru_memory")(_slot(write_policy="lru"))
+register_model("topk_lru_memory")(_slot(memory_heads=4, top_k=2, write_policy="lru", bottleneck=16,
+                                        utilization_weight=0.1))

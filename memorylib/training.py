@@ -34,11 +34,15 @@ def answer_accuracy(logits: torch.Tensor, batch: Batch) -> float:
 
 def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 32, lr: float = 5e-3,
           weight_decay: float = 0.01, clip: float = 1.0, warmup: int = 50, seed: int = 0,
-          log_every: int = 10, progress: bool = True, desc: str | None = None) -> dict:
+          log_every: int = 10, progress: bool = True, desc: str | None = None,
+          monitor=None) -> dict:
     """Train ``model`` on ``task`` with AdamW, gradient clipping and a warm-up/hold/decay schedule.
 
     Returns ``{"steps", "batch_size", "lr", "seed", "history": {"step", "loss", "accuracy"}}``
-    where history holds the training-batch loss and answer accuracy every ``log_every`` steps.
+    where history holds the training-batch answer loss and accuracy every ``log_every`` steps.
+    A model with an ``auxiliary_loss()`` method (chapter 2: the slot-utilization loss) has it
+    added to the loss it is trained on. ``monitor(model, batch) -> {name: number}`` (optional) is
+    called at every logged step after the update, and its numbers are added to the history.
     """
     _check_int("steps", steps, 1)
     _check_int("batch_size", batch_size, 1)
@@ -66,8 +70,9 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
         batch = task.sample(batch_size, gen)
         logits = model(batch.tokens)
         loss = answer_loss(logits, batch)
+        aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else 0.0
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()
@@ -75,6 +80,9 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
             history["step"].append(step)
             history["loss"].append(round(float(loss.detach()), 5))
             history["accuracy"].append(round(answer_accuracy(logits.detach(), batch), 5))
+            if monitor is not None:
+                for key, value in monitor(model, batch).items():
+                    history.setdefault(key, []).append(round(float(value), 5))
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['accuracy'][-1]:.2f}")
     model.eval()
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "history": history}

@@ -1,0 +1,312 @@
+"""Slot memory: a fixed number of slots, read and written by content. Introduced in chapter 2
+(the erase gate and the write policies are the subject of chapter 3).
+
+The state of one sequence is ``num_slots`` rows, each a key (what the slot is addressed by) and a
+value (what a read returns), plus a per-slot ``age``. Shapes, for a batch::
+
+    keys, values: (batch, num_slots, slot_dim)      age: (batch, num_slots)
+
+At every token ``t`` the memory first **reads**, then **writes** (so the read at ``t`` sees only
+what tokens ``< t`` wrote, and the features it is given depend only on tokens ``<= t``):
+
+* read: per head, ``w_r = softmax(beta * cos(q_t, keys))`` over all slots (dense) or over the
+  ``top_k`` best slots (sparse); ``r_t = rho_t * w_r @ values`` with a learned read gate ``rho_t``.
+* write: an address ``w_w`` chosen by the write policy, a write gate ``g_t`` and an erase gate
+  ``e_t``; keys and values are updated by *erase-then-add*::
+
+      M <- M * (1 - g_t e_t w_w) + g_t w_w a_t        (a_t = k_t for keys, v_t for values)
+
+  ``e = 1`` replaces what the slot held, ``e = 0`` adds on top of it (the ``no_forget`` ablation),
+  ``g = 0`` leaves memory untouched.
+* age: ``age <- (age + 1) * (1 - g_t w_w) * (1 - rho_t w_r)``: tokens since the slot was last
+  written or read (a soft count: a half-strength write halves it).
+
+Write policies (``write_policy``):
+
+* ``"content"``: ``w_w = gamma_t * lru + (1 - gamma_t) * softmax(beta_w * cos(k_t, keys))``, a
+  learned mix of "the slot that already holds this key" and "the least recently used slot"
+  (the interpolation of the differentiable neural computer, Graves et al. 2016);
+* ``"lru"``: always the least recently used slot (largest ``age``);
+* ``"fifo"``: round robin; the pointer advances by the write strength ``g_t`` after each token;
+* ``"random"``: a slot drawn uniformly per token, from a generator seeded by ``seed`` (causal:
+  it depends on the position only).
+
+Slot choice by ``lru``, ``fifo`` and ``random`` is a hard one-hot choice that gradients do not
+flow through; the gates and contents they write are still learned.
+
+Bounds (tested): ``a_t = tanh(...)``, so if every entry of memory is at most ``B >= 1`` in size,
+after a step it is at most ``B + g_t w_w (1 - e_t)``. A memory that always erases fully stays in
+``[-1, 1]``; one that never erases can grow only by the write mass it adds.
+
+The pure functions :func:`cosine_scores`, :func:`address`, :func:`read` and :func:`write` are the
+pieces chapter 2 builds cell by cell; :class:`SlotMemory` runs them over a sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WRITE_POLICIES = ("content", "lru", "fifo", "random")
+
+
+# --- the pieces ----------------------------------------------------------------------------
+
+
+def cosine_scores(queries: torch.Tensor, keys: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Cosine similarity of every query with every slot key.
+
+    queries: (batch, heads, slot_dim); keys: (batch, num_slots, slot_dim) -> (batch, heads, num_slots).
+    An all-zero (empty) key scores 0 against every query.
+    """
+    q = queries / queries.norm(dim=-1, keepdim=True).clamp_min(eps)
+    k = keys / keys.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return q @ k.transpose(-1, -2)
+
+
+def address(scores: torch.Tensor, sharpness: torch.Tensor | float, top_k: int | None = None) -> torch.Tensor:
+    """Addressing weights from scores: ``softmax(sharpness * scores)`` over the last dimension,
+    restricted to the ``top_k`` highest scores when ``top_k`` is set (the others get weight 0).
+
+    scores: (..., num_slots); sharpness broadcasts against ``scores[..., :1]``. Rows sum to 1.
+    """
+    logits = sharpness * scores
+    if top_k is None or top_k >= scores.shape[-1]:
+        return torch.softmax(logits, dim=-1)
+    top, idx = logits.topk(top_k, dim=-1)
+    return torch.zeros_like(logits).scatter(-1, idx, torch.softmax(top, dim=-1))
+
+
+def read(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of slot values. weights: (batch, heads, num_slots); values:
+    (batch, num_slots, slot_dim) -> (batch, heads, slot_dim)."""
+    return weights @ values
+
+
+def write(memory: torch.Tensor, weights: torch.Tensor, gate: torch.Tensor, erase: torch.Tensor,
+          content: torch.Tensor) -> torch.Tensor:
+    """Erase-then-add: ``memory * (1 - gate * erase * weights) + gate * weights * content``.
+
+    memory: (batch, num_slots, slot_dim); weights: (batch, num_slots); gate, erase: (batch,);
+    content: (batch, slot_dim). Returns the new memory (the input is not modified).
+    """
+    strength = (gate[:, None] * weights)[..., None]                 # (batch, num_slots, 1)
+    return memory * (1 - strength * erase[:, None, None]) + strength * content[:, None, :]
+
+
+@dataclass
+class SlotState:
+    """The memory of a batch of sequences: keys and values ``(batch, num_slots, slot_dim)``,
+    age ``(batch, num_slots)``, and the round-robin pointer ``(batch,)`` (float: the write mass
+    written so far)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    age: torch.Tensor
+    pointer: torch.Tensor
+
+    @property
+    def num_slots(self) -> int:
+        return self.keys.shape[1]
+
+
+# --- the module ------------------------------------------------------------------------------
+
+
+def _check(name, value, low, high=None, allow_none=False):
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        none = "None or " if allow_none else ""
+        raise ValueError(f"{name} must be {none}an int {allowed}, got {value!r}")
+    return value
+
+
+class SlotMemory(nn.Module):
+    """A slot memory driven by per-token features ``h: (batch, seq_len, d_model)``.
+
+    ``forward(h)`` returns ``(reads, state, trace)``: ``reads: (batch, seq_len, num_heads * slot_dim)``,
+    the final :class:`SlotState`, and, only when ``trace=True``, a dict of per-step tensors
+    (see :meth:`forward`). ``num_slots`` is a plain attribute and may be changed on a trained
+    memory (chapter 2's memory-size slider), except with ``decay=True``, whose decay gates are
+    per slot.
+
+    Options: ``num_heads`` read heads; ``top_k`` sparse reads; ``write_policy`` (module
+    docstring); ``fixed_erase`` pins the erase gate (``0.0`` is the ``no_forget`` ablation);
+    ``bottleneck`` compresses what is written through an MLP of that width; ``decay`` adds a
+    learned per-slot decay of values; ``utilization_weight`` > 0 adds a loss that rewards writes
+    spread evenly over the slots (:meth:`utilization_loss`).
+    """
+
+    def __init__(self, d_model: int, num_slots: int = 16, slot_dim: int = 32, num_heads: int = 1,
+                 top_k: int | None = None, write_policy: str = "content", fixed_erase: float | None = None,
+                 bottleneck: int | None = None, decay: bool = False, utilization_weight: float = 0.0,
+                 seed: int = 0):
+        super().__init__()
+        _check("d_model", d_model, 1)
+        _check("num_slots", num_slots, 1)
+        _check("slot_dim", slot_dim, 1)
+        _check("num_heads", num_heads, 1)
+        _check("top_k", top_k, 1, None, allow_none=True)
+        _check("bottleneck", bottleneck, 1, None, allow_none=True)
+        _check("seed", seed, 0)
+        if write_policy not in WRITE_POLICIES:
+            raise ValueError(f"write_policy must be one of {WRITE_POLICIES}, got {write_policy!r}")
+        if fixed_erase is not None and not (isinstance(fixed_erase, (int, float)) and 0.0 <= fixed_erase <= 1.0):
+            raise ValueError(f"fixed_erase must be None (learned) or a number in [0, 1], got {fixed_erase!r}")
+        if not (isinstance(utilization_weight, (int, float)) and utilization_weight >= 0):
+            raise ValueError(f"utilization_weight must be a number >= 0, got {utilization_weight!r}")
+        self.num_slots, self.slot_dim, self.num_heads, self.top_k = num_slots, slot_dim, num_heads, top_k
+        self.write_policy, self.fixed_erase, self.seed = write_policy, fixed_erase, seed
+        self.utilization_weight = float(utilization_weight)
+        self.query = nn.Linear(d_model, num_heads * slot_dim)
+        self.key = nn.Linear(d_model, slot_dim)
+        if bottleneck is None:
+            self.value = nn.Linear(d_model, slot_dim)
+        else:
+            self.value = nn.Sequential(nn.Linear(d_model, bottleneck), nn.GELU(), nn.Linear(bottleneck, slot_dim))
+        # gates: write, erase, read, and the content/LRU mix of the "content" policy
+        self.gates = nn.Linear(d_model, 4)
+        with torch.no_grad():
+            self.gates.bias.copy_(torch.tensor([-2.0, 0.0, 0.0, 0.0]))
+        # log of the sharpness beta of reads (per head) and of content writes
+        self.log_sharpness = nn.Parameter(torch.full((num_heads,), math.log(8.0)))
+        self.log_write_sharpness = nn.Parameter(torch.tensor(math.log(8.0)))
+        self.decay_logit = nn.Parameter(torch.full((num_slots,), 4.0)) if decay else None
+        self._last_write_mass = None
+
+    def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> SlotState:
+        """Empty memory: zero keys and values, zero age, pointer at slot 0."""
+        S, D = self.num_slots, self.slot_dim
+        return SlotState(keys=torch.zeros(batch_size, S, D, device=device, dtype=dtype),
+                         values=torch.zeros(batch_size, S, D, device=device, dtype=dtype),
+                         age=torch.zeros(batch_size, S, device=device, dtype=dtype),
+                         pointer=torch.zeros(batch_size, device=device, dtype=dtype))
+
+    def projections(self, h: torch.Tensor) -> dict:
+        """Everything a step needs from the features, for all positions at once.
+
+        h: (batch, seq_len, d_model) -> queries (B, T, heads, slot_dim), keys and values
+        (B, T, slot_dim) in [-1, 1], and gates (B, T) in (0, 1): write, erase, read, alloc.
+        """
+        B, T, _ = h.shape
+        g = torch.sigmoid(self.gates(h))
+        erase = g[..., 1] if self.fixed_erase is None else torch.full_like(g[..., 1], float(self.fixed_erase))
+        return {"query": self.query(h).view(B, T, self.num_heads, self.slot_dim),
+                "key": torch.tanh(self.key(h)), "value": torch.tanh(self.value(h)),
+                "write_gate": g[..., 0], "erase": erase, "read_gate": g[..., 2], "alloc": g[..., 3]}
+
+    def _check_slots(self):
+        _check("num_slots", self.num_slots, 1)
+        if self.decay_logit is not None and self.decay_logit.shape[0] != self.num_slots:
+            raise ValueError(f"num_slots={self.num_slots} cannot change on a memory with decay gates "
+                             f"(built with {self.decay_logit.shape[0]} slots)")
+        if self.top_k is not None and self.top_k > self.num_slots:
+            pass  # top_k >= num_slots reads densely; allowed so the size slider can go below top_k
+
+    def forward(self, h: torch.Tensor, state: SlotState | None = None, trace: bool = False,
+                keep_states: bool = False):
+        """Run the memory over ``h: (batch, seq_len, d_model)``, reading then writing at each token.
+
+        Returns ``(reads, state, trace)``. ``reads``: (batch, seq_len, num_heads * slot_dim). With
+        ``trace=True``, ``trace`` holds (batch, seq_len, num_slots) ``read`` (read weights, mean
+        over heads, times the read gate), ``write`` (write gate times write weights) and
+        ``age_before`` (each slot's age just before the step), and (batch, seq_len) ``write_gate``,
+        ``erase``, ``read_gate``; ``keep_states=True`` adds the memory after every step,
+        ``keys``/``values`` (batch, seq_len, num_slots, slot_dim). Otherwise ``trace`` is None and
+        nothing extra is kept.
+        """
+        if h.dim() != 3:
+            raise ValueError(f"h must have shape (batch, seq_len, d_model), got {tuple(h.shape)}")
+        self._check_slots()
+        B, T, _ = h.shape
+        p = self.projections(h)
+        state = state if state is not None else self.initial_state(B, h.device, h.dtype)
+        if state.num_slots != self.num_slots:
+            raise ValueError(f"state has {state.num_slots} slots, the memory {self.num_slots}")
+        sharp = self.log_sharpness.exp()[None, :, None]
+        write_sharp = self.log_write_sharpness.exp()
+        decay = torch.sigmoid(self.decay_logit)[None, :, None] if self.decay_logit is not None else None
+        S, D = self.num_slots, self.slot_dim
+        random_slots = None
+        if self.write_policy == "random":
+            gen = torch.Generator().manual_seed(self.seed)
+            random_slots = F.one_hot(torch.randint(0, S, (B, T), generator=gen), S).to(h.device, h.dtype)
+        # Keys and values are updated by the same erase-then-add, so they live in one tensor
+        # (B, S, 2D) for the loop: one write per token instead of two.
+        mem = torch.cat([state.keys, state.values], dim=-1)
+        content = torch.cat([p["key"], p["value"]], dim=-1)                     # (B, T, 2D)
+        unit_q = p["query"] / p["query"].norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        unit_k = p["key"] / p["key"].norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        age, pointer = state.age, state.pointer
+        reads, write_mass = [], []
+        rec = {k: [] for k in ("read", "write", "age_before", "keys", "values")} if trace else None
+        for t in range(T):
+            keys = mem[..., :D]
+            unit_keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)    # (B, S, D)
+            w_r = address(unit_q[:, t] @ unit_keys.transpose(1, 2), sharp, self.top_k)  # (B, H, S)
+            rho = p["read_gate"][:, t, None]
+            reads.append(rho[..., None] * read(w_r, mem[..., D:]))
+            read_use = rho * w_r.mean(dim=1)                                        # (B, S)
+            if self.write_policy == "fifo":
+                w_w = F.one_hot(pointer.floor().long() % S, S).to(h.dtype)
+            elif self.write_policy == "random":
+                w_w = random_slots[:, t]
+            else:
+                lru = F.one_hot(age.argmax(dim=-1), S).to(h.dtype)
+                if self.write_policy == "lru":
+                    w_w = lru
+                else:
+                    sim = (unit_keys @ unit_k[:, t, :, None]).squeeze(-1)          # (B, S)
+                    a = p["alloc"][:, t, None]
+                    w_w = a * lru + (1 - a) * torch.softmax(write_sharp * sim, dim=-1)
+            g, e = p["write_gate"][:, t], p["erase"][:, t]
+            if decay is not None:
+                mem = torch.cat([mem[..., :D], mem[..., D:] * decay], dim=-1)
+            mem = write(mem, w_w, g, e, content[:, t])
+            mass = g[:, None] * w_w
+            write_mass.append(mass)
+            if trace:
+                rec["read"].append(read_use)
+                rec["write"].append(mass)
+                rec["age_before"].append(age)
+                if keep_states:
+                    rec["keys"].append(mem[..., :D])
+                    rec["values"].append(mem[..., D:])
+            age = (age + 1) * (1 - mass) * (1 - read_use)
+            pointer = pointer + g
+        self._last_write_mass = torch.stack(write_mass, dim=1)                  # (B, T, S)
+        out = torch.stack(reads, dim=1).reshape(B, T, self.num_heads * D)
+        final = SlotState(mem[..., :D], mem[..., D:], age, pointer)
+        if not trace:
+            return out, final, None
+        tr = {k: torch.stack(v, dim=1) for k, v in rec.items() if v}
+        tr.update(write_gate=p["write_gate"], erase=p["erase"], read_gate=p["read_gate"])
+        return out, final, tr
+
+    def utilization_loss(self) -> torch.Tensor:
+        """``utilization_weight * (1 - H(u) / log num_slots)`` for the last forward pass, where
+        ``u`` is the share of all write mass that went to each slot: 0 when writes are spread
+        evenly, up to ``utilization_weight`` when every write lands in one slot (collapse)."""
+        if self._last_write_mass is None or self.utilization_weight == 0 or self.num_slots == 1:
+            return torch.zeros(())
+        return self.utilization_weight * (1 - slot_usage_entropy(self._last_write_mass))
+
+
+def slot_usage_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy (in [0, 1]) of how mass is spread over slots.
+
+    weights: (..., num_slots), e.g. (batch, seq_len, num_slots) write mass; summed over all
+    leading dimensions first. 1: every slot used equally; 0: one slot takes everything.
+    """
+    S = weights.shape[-1]
+    if S == 1:
+        return torch.ones(())
+    u = weights.reshape(-1, S).sum(dim=0)
+    u = u / u.sum().clamp_min(1e-12)
+    return -(u * u.clamp_min(1e-12).log()).sum() / math.log(S)

@@ -274,8 +274,9 @@ class SlotMemoryModel(nn.Module):
         scores = (qn @ kn.transpose(-1, -2)).view(B, -1, P, mem.num_heads, mem.num_slots)
         from .slot_memory import address
         w = address(scores, mem.log_sharpness.exp()[:, None], mem.top_k)   # (B, T, P, H, S)
-        r = torch.einsum("btphs,btsd->btphd", w, values) * pr["read_gate"][:, None, :, None, None]
-        logits = self.predict_from(hp[:, None].expand(-1, r.shape[1], -1, -1), r.flatten(-2))
+        raw = torch.einsum("btphs,btsd->btphd", w, values)
+        r = mem.gated_reads(raw, pr["read_gate"][:, None, :].expand(-1, raw.shape[1], -1))
+        logits = self.predict_from(hp[:, None].expand(-1, r.shape[1], -1, -1), r)
         return logits.argmax(-1)
 
 

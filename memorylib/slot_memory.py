@@ -10,7 +10,8 @@ At every token ``t`` the memory first **reads**, then **writes** (so the read at
 what tokens ``< t`` wrote, and the features it is given depend only on tokens ``<= t``):
 
 * read: per head, ``w_r = softmax(beta * cos(q_t, keys))`` over all slots (dense) or over the
-  ``top_k`` best slots (sparse); ``r_t = rho_t * w_r @ values`` with a learned read gate ``rho_t``.
+  ``top_k`` best slots (sparse); ``r_t = rho_t * norm(w_r @ values)`` with a learned read gate
+  ``rho_t`` (``norm``: zero mean and unit variance over ``slot_dim``, :meth:`SlotMemory.gated_reads`).
 * write: an address ``w_w`` chosen by the write policy, a write gate ``g_t`` and an erase gate
   ``e_t``; keys and values are updated by *erase-then-add*::
 
@@ -251,7 +252,7 @@ class SlotMemory(nn.Module):
             unit_keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)    # (B, S, D)
             w_r = address(unit_q[:, t] @ unit_keys.transpose(1, 2), sharp, self.top_k)  # (B, H, S)
             rho = p["read_gate"][:, t, None]
-            reads.append(rho[..., None] * read(w_r, mem[..., D:]))
+            reads.append(read(w_r, mem[..., D:]))
             read_use = rho * w_r.mean(dim=1)                                        # (B, S)
             if self.write_policy == "fifo":
                 w_w = F.one_hot(pointer.floor().long() % S, S).to(h.dtype)
@@ -281,13 +282,20 @@ class SlotMemory(nn.Module):
             age = (age + 1) * (1 - mass) * (1 - read_use)
             pointer = pointer + g
         self._last_write_mass = torch.stack(write_mass, dim=1)                  # (B, T, S)
-        out = torch.stack(reads, dim=1).reshape(B, T, self.num_heads * D)
+        out = self.gated_reads(torch.stack(reads, dim=1), p["read_gate"])
         final = SlotState(mem[..., :D], mem[..., D:], age, pointer)
         if not trace:
             return out, final, None
         tr = {k: torch.stack(v, dim=1) for k, v in rec.items() if v}
         tr.update(write_gate=p["write_gate"], erase=p["erase"], read_gate=p["read_gate"])
         return out, final, tr
+
+    def gated_reads(self, raw: torch.Tensor, read_gate: torch.Tensor) -> torch.Tensor:
+        """What the memory hands on: each head's read, normalised (zero mean, unit variance over
+        ``slot_dim``: values are written at partial strength and only their pattern matters),
+        times the read gate. raw: (..., heads, slot_dim); read_gate: (...) -> (..., heads * slot_dim)."""
+        normed = F.layer_norm(raw, (self.slot_dim,))
+        return (read_gate[..., None, None] * normed).flatten(-2)
 
     def utilization_loss(self) -> torch.Tensor:
         """``utilization_weight * (1 - H(u) / log num_slots)`` for the last forward pass, where

@@ -26,7 +26,12 @@ Write policies (``write_policy``):
 
 * ``"content"``: ``w_w = gamma_t * lru + (1 - gamma_t) * softmax(beta_w * cos(k_t, keys))``, a
   learned mix of "the slot that already holds this key" and "the least recently used slot"
-  (the interpolation of the differentiable neural computer, Graves et al. 2016);
+  (``lru``: one-hot on the slot with the largest ``age``), as in the allocation of the
+  differentiable neural computer (Graves et al. 2016);
+* ``"content_only"``: ``softmax(beta_w * cos(k_t, keys))`` alone, with no allocation path. Its
+  slots start from small random keys (fixed by ``seed``) so that they can be told apart; it is
+  the policy prone to *addressing collapse* (a few slots attract every write), which the
+  utilization loss is meant to fight (chapter 2);
 * ``"lru"``: always the least recently used slot (largest ``age``);
 * ``"fifo"``: round robin; the pointer advances by the write strength ``g_t`` after each token;
 * ``"random"``: a slot drawn uniformly per token, from a generator seeded by ``seed`` (causal:
@@ -52,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WRITE_POLICIES = ("content", "lru", "fifo", "random")
+WRITE_POLICIES = ("content", "content_only", "lru", "fifo", "random")
 
 
 # --- the pieces ----------------------------------------------------------------------------
@@ -171,7 +176,7 @@ class SlotMemory(nn.Module):
             self.value = nn.Linear(d_model, slot_dim)
         else:
             self.value = nn.Sequential(nn.Linear(d_model, bottleneck), nn.GELU(), nn.Linear(bottleneck, slot_dim))
-        # gates: write, erase, read, and the content/LRU mix of the "content" policy
+        # gates: write, erase, read, and the allocation mix gamma of the "content" policy
         self.gates = nn.Linear(d_model, 4)
         with torch.no_grad():
             self.gates.bias.copy_(torch.tensor([-2.0, 0.0, 0.0, 0.0]))
@@ -182,9 +187,14 @@ class SlotMemory(nn.Module):
         self._last_write_mass = None
 
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> SlotState:
-        """Empty memory: zero keys and values, zero age, pointer at slot 0."""
+        """Empty memory: zero keys (small random ones, the same for every sequence, under
+        ``content_only``) and values, zero age, pointer at slot 0."""
         S, D = self.num_slots, self.slot_dim
-        return SlotState(keys=torch.zeros(batch_size, S, D, device=device, dtype=dtype),
+        keys = torch.zeros(batch_size, S, D, device=device, dtype=dtype)
+        if self.write_policy == "content_only":
+            gen = torch.Generator().manual_seed(self.seed)
+            keys = keys + 0.1 * torch.randn(S, D, generator=gen).to(device=device, dtype=dtype)
+        return SlotState(keys=keys,
                          values=torch.zeros(batch_size, S, D, device=device, dtype=dtype),
                          age=torch.zeros(batch_size, S, device=device, dtype=dtype),
                          pointer=torch.zeros(batch_size, device=device, dtype=dtype))
@@ -193,7 +203,7 @@ class SlotMemory(nn.Module):
         """Everything a step needs from the features, for all positions at once.
 
         h: (batch, seq_len, d_model) -> queries (B, T, heads, slot_dim), keys and values
-        (B, T, slot_dim) in [-1, 1], and gates (B, T) in (0, 1): write, erase, read, alloc.
+        (B, T, slot_dim) in [-1, 1], and gates (B, T) in (0, 1): write, erase, read, and alloc (gamma).
         """
         B, T, _ = h.shape
         g = torch.sigmoid(self.gates(h))
@@ -259,13 +269,16 @@ class SlotMemory(nn.Module):
             elif self.write_policy == "random":
                 w_w = random_slots[:, t]
             else:
-                lru = F.one_hot(age.argmax(dim=-1), S).to(h.dtype)
+                if self.write_policy != "content_only":
+                    lru = F.one_hot(age.argmax(dim=-1), S).to(h.dtype)
                 if self.write_policy == "lru":
                     w_w = lru
                 else:
                     sim = (unit_keys @ unit_k[:, t, :, None]).squeeze(-1)          # (B, S)
-                    a = p["alloc"][:, t, None]
-                    w_w = a * lru + (1 - a) * torch.softmax(write_sharp * sim, dim=-1)
+                    w_w = torch.softmax(write_sharp * sim, dim=-1)
+                    if self.write_policy == "content":
+                        a = p["alloc"][:, t, None]
+                        w_w = a * lru + (1 - a) * w_w
             g, e = p["write_gate"][:, t], p["erase"][:, t]
             if decay is not None:
                 mem = torch.cat([mem[..., :D], mem[..., D:] * decay], dim=-1)

@@ -25,9 +25,13 @@ what tokens ``< t`` wrote, and the features it is given depend only on tokens ``
 Write policies (``write_policy``):
 
 * ``"content"``: ``w_w = gamma_t * lru + (1 - gamma_t) * softmax(beta_w * cos(k_t, keys))``, a
-  learned mix of "the slot that already holds this key" and "the least recently used slot"
-  (``lru``: one-hot on the slot with the largest ``age``), as in the allocation of the
-  differentiable neural computer (Graves et al. 2016);
+  mix of "the slot that already holds this key" and "the least recently used slot" (``lru``:
+  one-hot on the slot with the largest ``age``), as in the allocation of the differentiable
+  neural computer (Graves et al. 2016). The mix looks at the memory itself:
+  ``gamma_t = sigmoid(l_t + 10 * (theta - m_t))`` with ``m_t = max cos(k_t, keys)`` the best
+  match, ``theta`` a learned threshold and ``l_t`` a learned per-token logit. A key already
+  stored (``m_t > theta``) is written back onto its slot, where the erase gate can replace the
+  old value; a new key goes to a fresh slot;
 * ``"content_only"``: ``softmax(beta_w * cos(k_t, keys))`` alone, with no allocation path. Its
   slots start from small random keys (fixed by ``seed``) so that they can be told apart; it is
   the policy prone to *addressing collapse* (a few slots attract every write), which the
@@ -58,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WRITE_POLICIES = ("content", "content_only", "lru", "fifo", "random")
+MATCH_SCALE = 10.0   #: how sharply the "content" policy switches between its match and a fresh slot
 
 
 # --- the pieces ----------------------------------------------------------------------------
@@ -176,13 +181,15 @@ class SlotMemory(nn.Module):
             self.value = nn.Linear(d_model, slot_dim)
         else:
             self.value = nn.Sequential(nn.Linear(d_model, bottleneck), nn.GELU(), nn.Linear(bottleneck, slot_dim))
-        # gates: write, erase, read, and the allocation mix gamma of the "content" policy
+        # gates: write, erase, read, and the allocation logit l_t of the "content" policy
         self.gates = nn.Linear(d_model, 4)
         with torch.no_grad():
             self.gates.bias.copy_(torch.tensor([-2.0, 0.0, 0.0, 0.0]))
         # log of the sharpness beta of reads (per head) and of content writes
         self.log_sharpness = nn.Parameter(torch.full((num_heads,), math.log(8.0)))
         self.log_write_sharpness = nn.Parameter(torch.tensor(math.log(8.0)))
+        # theta of the "content" policy: how well a key must match a slot to be written onto it
+        self.match_threshold = nn.Parameter(torch.tensor(0.8))
         self.decay_logit = nn.Parameter(torch.full((num_slots,), 4.0)) if decay else None
         self._last_write_mass = None
 
@@ -203,14 +210,16 @@ class SlotMemory(nn.Module):
         """Everything a step needs from the features, for all positions at once.
 
         h: (batch, seq_len, d_model) -> queries (B, T, heads, slot_dim), keys and values
-        (B, T, slot_dim) in [-1, 1], and gates (B, T) in (0, 1): write, erase, read, and alloc (gamma).
+        (B, T, slot_dim) in [-1, 1], gates (B, T) in (0, 1): write, erase, read, and the logit
+        ``alloc`` (``l_t`` of the content policy).
         """
         B, T, _ = h.shape
-        g = torch.sigmoid(self.gates(h))
+        logits = self.gates(h)
+        g = torch.sigmoid(logits)
         erase = g[..., 1] if self.fixed_erase is None else torch.full_like(g[..., 1], float(self.fixed_erase))
         return {"query": self.query(h).view(B, T, self.num_heads, self.slot_dim),
                 "key": torch.tanh(self.key(h)), "value": torch.tanh(self.value(h)),
-                "write_gate": g[..., 0], "erase": erase, "read_gate": g[..., 2], "alloc": g[..., 3]}
+                "write_gate": g[..., 0], "erase": erase, "read_gate": g[..., 2], "alloc": logits[..., 3]}
 
     def _check_slots(self):
         _check("num_slots", self.num_slots, 1)
@@ -242,6 +251,7 @@ class SlotMemory(nn.Module):
             raise ValueError(f"state has {state.num_slots} slots, the memory {self.num_slots}")
         sharp = self.log_sharpness.exp()[None, :, None]
         write_sharp = self.log_write_sharpness.exp()
+        threshold = self.match_threshold
         decay = torch.sigmoid(self.decay_logit)[None, :, None] if self.decay_logit is not None else None
         S, D = self.num_slots, self.slot_dim
         random_slots = None
@@ -277,7 +287,8 @@ class SlotMemory(nn.Module):
                     sim = (unit_keys @ unit_k[:, t, :, None]).squeeze(-1)          # (B, S)
                     w_w = torch.softmax(write_sharp * sim, dim=-1)
                     if self.write_policy == "content":
-                        a = p["alloc"][:, t, None]
+                        best = sim.max(dim=-1, keepdim=True).values
+                        a = torch.sigmoid(p["alloc"][:, t, None] + MATCH_SCALE * (threshold - best))
                         w_w = a * lru + (1 - a) * w_w
             g, e = p["write_gate"][:, t], p["erase"][:, t]
             if decay is not None:

@@ -1,0 +1,142 @@
+"""The multi-seed sweeps behind chapters 2 and 3, too long to run inside a chapter.
+
+    python experiments/slot_sweeps.py ch02            # writes book/results/ch02_slot_memory.json
+    python experiments/slot_sweeps.py ch03            # writes book/results/ch03_erase_gates.json
+    python experiments/slot_sweeps.py ch03 --seeds 0  # one seed only (a quick look; not committed)
+
+Every row is one call of :func:`memorylib.experiments.run` (build a registered model with
+``torch.manual_seed(seed)``, train, evaluate on held-out sequences) followed by the slot
+statistics of :mod:`memorylib.analysis`. Each chapter re-runs seed 0 of its main rows live and
+asserts it reproduces the row stored here. Runs on 2 threads, as the book does (float32 results
+change in their last bits with the thread count). The JSON records the command, the library and
+torch versions, and how long every row took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import memorylib  # noqa: E402
+from memorylib.analysis import slot_statistics  # noqa: E402
+from memorylib.experiments import run  # noqa: E402
+from memorylib.registry import build_task  # noqa: E402
+
+# --- what each chapter sweeps (the chapters build the same tasks and check them against these) ---
+
+LOOKUP_SHORT = ("associative_lookup", dict(seq_len=48, num_pairs=4, num_queries=4, min_distance=18))
+CHANGING_SHORT = ("changing_facts", dict(seq_len=84, num_active_keys=3, updates_per_phase=6,
+                                         queries_per_phase=2, num_phases=2, min_distance=18))
+
+CH02 = {
+    "out": "book/results/ch02_slot_memory.json",
+    "train_task": LOOKUP_SHORT,
+    "eval_tasks": {"train": None, "default": ("associative_lookup", {})},
+    "steps": 300, "batch_size": 64, "lr": 1e-2, "warmup": 50, "pretrain": None,
+    "rows": [
+        ("dense", "slot_memory", {}),
+        ("top-2", "slot_memory", {"top_k": 2}),
+        ("content only", "slot_memory", {"write_policy": "content_only"}),
+        ("content only + utilization loss", "slot_memory", {"write_policy": "content_only", "utilization_weight": 0.5}),
+        ("multi-head top-k + LRU + bottleneck", "topk_lru_memory", {}),
+    ],
+    "checkpoints": ["dense", "top-2"],
+}
+
+CH03 = {
+    "out": "book/results/ch03_erase_gates.json",
+    "train_task": CHANGING_SHORT,
+    "eval_tasks": {"train": None, "default": ("changing_facts", {}), "lookup": LOOKUP_SHORT},
+    "steps": 200, "batch_size": 64, "lr": 3e-3, "warmup": 10,
+    "pretrain": {"task": LOOKUP_SHORT, "steps": 300, "lr": 1e-2},
+    "rows": [
+        ("learned erase", "slot_memory", {"num_slots": 8}),
+        ("always erase", "slot_memory", {"num_slots": 8, "fixed_erase": 1.0}),
+        ("no_forget", "no_forget", {"num_slots": 8}),
+        ("fifo_memory", "fifo_memory", {"num_slots": 8}),
+        ("random_write", "random_write", {"num_slots": 8}),
+    ],
+    "checkpoints": ["learned erase", "always erase", "no_forget", "fifo_memory", "random_write"],
+}
+
+SWEEPS = {"ch02": CH02, "ch03": CH03}
+
+
+def build_tasks(spec: dict) -> tuple:
+    """(train task, {name: eval task}, pretrain dict or None) of a sweep spec."""
+    train_task = build_task(spec["train_task"][0], **spec["train_task"][1])
+    evals = {label: train_task if entry is None else build_task(entry[0], **entry[1])
+             for label, entry in spec["eval_tasks"].items()}
+    pre = spec["pretrain"]
+    if pre is not None:
+        pre = {**pre, "task": build_task(pre["task"][0], **pre["task"][1])}
+    return train_task, evals, pre
+
+
+def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    train_task, evals, pre = build_tasks(spec)
+    ckpt_dir = ROOT / spec["out"].replace(".json", "")
+    rows, started = [], time.perf_counter()
+    for label, model, kwargs in spec["rows"]:
+        for seed in seeds:
+            t0 = time.perf_counter()
+            result, net = run(model, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"],
+                              lr=spec["lr"], warmup=spec["warmup"], pretrain=pre, model_kwargs=kwargs,
+                              eval_tasks=evals, num_examples=num_examples, return_model=True)
+            result["label"] = label
+            stats = {}
+            for name, task in evals.items():
+                batch = task.sample(64, seed=12345 + seed)
+                with torch.no_grad():
+                    _, trace = net.eval()(batch.tokens, return_trace=True)
+                stats[name] = slot_statistics(trace)
+            result["slot_statistics"] = stats
+            if seed == 0 and label in spec["checkpoints"]:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                path = ckpt_dir / (label.replace(" ", "_") + ".pt")
+                torch.save(net.state_dict(), path)
+                result["checkpoint"] = str(path.relative_to(ROOT))
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+            rows.append(result)
+            accs = {n: (e["accuracy"], e["stale_rate"]) for n, e in result["eval"].items()}
+            print(f"{label:40s} seed {seed}: {accs}  ({result['seconds']} s)", flush=True)
+    return {
+        "command": "python experiments/slot_sweeps.py " + " ".join(sys.argv[1:]),
+        "memorylib": memorylib.__version__, "torch": torch.__version__.split("+")[0],
+        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "seeds": seeds, "num_examples": num_examples,
+        "train_task": train_task.config(), "eval_tasks": {n: t.config() for n, t in evals.items()},
+        "steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"], "warmup": spec["warmup"],
+        "pretrain": None if pre is None else {"task": pre["task"].config(), "steps": pre["steps"], "lr": pre["lr"]},
+        "total_seconds": round(time.perf_counter() - started, 1), "rows": rows,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chapter", choices=sorted(SWEEPS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", help="output JSON (default: the chapter's file under book/results/)")
+    args = parser.parse_args(argv)
+    spec = SWEEPS[args.chapter]
+    result = sweep(spec, args.seeds)
+    out = ROOT / (args.out or spec["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out.relative_to(ROOT)} in {result['total_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -55,3 +55,64 @@ def slot_monitor(model, batch) -> dict:
     _, trace = model(batch.tokens, return_trace=True)
     model.train(was_training)
     return {k: v for k, v in slot_statistics(trace).items() if not isinstance(v, list)}
+
+
+@torch.no_grad()
+def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: int = 32,
+             max_delta: int | None = None, bin_width: int = 3) -> dict:
+    """How long a written fact stays retrievable, for facts still true and facts overwritten.
+    Introduced in chapter 3.
+
+    On held-out sequences of ``task`` (drawn like :func:`memorylib.training.predict` draws
+    them), every fact cell ``SET k v`` (value at position ``p``) is followed forward: at each
+    later position ``p + delta`` the memory is probed with ``model.recall`` ("what would you
+    answer to ``ASK k`` now?"). The fact is *live* there if no later ``SET k`` came at or before
+    ``p + delta``, *overwritten* otherwise. Returns, per bin of ``bin_width`` tokens of delta,
+    the share of probes that returned ``v`` (``p``), their count ``n`` and a 95 % Wilson interval,
+    for both statuses; JSON-ready.
+    """
+    from .stats import wilson_interval
+    from .tasks import derive_seed, make_generator
+
+    layout = task.layout
+    gen = make_generator(derive_seed(seed, "eval"))
+    T = task.seq_len
+    max_delta = T if max_delta is None else max_delta
+    num_bins = max_delta // bin_width + 1
+    hits = {s: torch.zeros(num_bins) for s in ("live", "overwritten")}
+    counts = {s: torch.zeros(num_bins) for s in ("live", "overwritten")}
+    done, facts = 0, 0
+    while done < num_examples:
+        n = min(batch_size, num_examples - done)
+        tokens = task.sample(n, gen).tokens
+        cells = tokens.view(n, -1, 3)[:, : T // 3]                          # (n, cells, 3)
+        is_set = cells[:, :, 0] == layout.SET
+        # the distinct keys set in each sequence, padded by repeating the first one
+        key_lists = [sorted(set(cells[b, is_set[b], 1].tolist())) for b in range(n)]
+        width = max(len(k) for k in key_lists)
+        probe = torch.tensor([k + [k[0]] * (width - len(k)) for k in key_lists])
+        answers = model.recall(tokens, probe, layout)                        # (n, T, P)
+        for b in range(n):
+            set_cells = is_set[b].nonzero().flatten().tolist()
+            for c in set_cells:
+                k, v, p = int(cells[b, c, 1]), int(cells[b, c, 2]), 3 * c + 2
+                col = key_lists[b].index(k)
+                later = [3 * c2 + 2 for c2 in set_cells if c2 > c and int(cells[b, c2, 1]) == k]
+                overwritten_at = later[0] if later else T
+                end = min(T, p + max_delta + 1)
+                got = (answers[b, p:end, col] == v).float()
+                delta_bins = torch.arange(end - p) // bin_width
+                live = torch.arange(p, end) < overwritten_at
+                for status, mask in (("live", live), ("overwritten", ~live)):
+                    hits[status].index_add_(0, delta_bins[mask], got[mask])
+                    counts[status].index_add_(0, delta_bins[mask], torch.ones(int(mask.sum())))
+                facts += 1
+        done += n
+    out = {"delta": [i * bin_width for i in range(num_bins)], "bin_width": bin_width, "num_facts": facts,
+           "num_examples": num_examples}
+    for status in ("live", "overwritten"):
+        k, n = hits[status].long().tolist(), counts[status].long().tolist()
+        ci = [wilson_interval(a, b) if b else (0.0, 0.0) for a, b in zip(k, n)]
+        out[status] = {"p": [round(a / b, 4) if b else 0.0 for a, b in zip(k, n)], "n": n,
+                       "ci_low": [round(c[0], 4) for c in ci], "ci_high": [round(c[1], 4) for c in ci]}
+    return out

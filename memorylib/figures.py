@@ -121,24 +121,25 @@ def accuracy_by_distance_figure(results: dict[str, dict], chance: float | None =
     return fig
 
 
-def window_slider_figure(curves: dict, chance: float | None = None, reference: dict | None = None,
-                         reach: dict | None = None,
-                         title: str = "Restricting attention to a window") -> go.Figure:
-    """A slider over precomputed curves; works in a static page with no kernel.
+def parameter_slider_figure(curves: dict, parameter: str = "window", chance: float | None = None,
+                            reference: dict | None = None, reach: dict | None = None,
+                            title: str | None = None) -> go.Figure:
+    """A slider over precomputed accuracy-by-distance curves, one step per value of a parameter
+    (an attention window in chapter 1, a number of slots in chapter 2); works in a static page
+    with no kernel. Introduced in chapter 1, generalised in chapter 2.
 
-    curves: ``{window: evaluate(...) result}`` where window is an int or ``"full"``;
-    reference: ``{name: result}`` lines shown on every step; reach: ``{window: distance}`` where
-    a dotted line marks how far that window can see.
+    curves: ``{value: evaluate(...) result}``; reference: ``{name: result}`` lines shown on every
+    step; reach: ``{value: distance}`` where a dotted line marks how far that value can see.
     """
     if not curves:
-        raise ValueError("curves must hold at least one window")
+        raise ValueError(f"curves must hold at least one {parameter}")
     fig = go.Figure()
     keys = list(curves)
     for i, (name, res) in enumerate((reference or {}).items()):
         fig.add_trace(_distance_trace(name, res, PALETTE[(i + 1) % len(PALETTE)]))
     n_ref = len(fig.data)
     for j, w in enumerate(keys):
-        fig.add_trace(_distance_trace(f"window {w}", curves[w], PALETTE[0], visible=(j == 0)))
+        fig.add_trace(_distance_trace(f"{parameter} {w}", curves[w], PALETTE[0], visible=(j == 0)))
     steps = []
     for j, w in enumerate(keys):
         visible = [True] * n_ref + [k == j for k in range(len(keys))]
@@ -154,12 +155,24 @@ def window_slider_figure(curves: dict, chance: float | None = None, reference: d
     first = steps[0]["args"][1]
     fig.update_layout(template=TEMPLATE, title=title, height=430, shapes=first["shapes"],
                       annotations=first["annotations"],
-                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "window: "},
+                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": f"{parameter}: "},
                                 "pad": {"t": 50}}],
                       xaxis_title="distance from the evidence to the query (tokens)",
                       yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
                       legend={"orientation": "h", "y": 1.12})
     return fig
+
+
+def window_slider_figure(curves: dict, chance: float | None = None, reference: dict | None = None,
+                         reach: dict | None = None,
+                         title: str = "Restricting attention to a window") -> go.Figure:
+    """Chapter 1's window slider: :func:`parameter_slider_figure` over attention windows.
+
+    curves: ``{window: evaluate(...) result}`` where window is an int or ``"full"``.
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one window")
+    return parameter_slider_figure(curves, "window", chance=chance, reference=reference, reach=reach, title=title)
 
 
 def training_curves_figure(histories: dict[str, dict], title: str = "Training") -> go.Figure:
@@ -173,4 +186,157 @@ def training_curves_figure(histories: dict[str, dict], title: str = "Training") 
                                  legendgroup=name, showlegend=False), row=1, col=2)
     fig.update_layout(template=TEMPLATE, title=title, height=330, legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(title_text="step")
+    return fig
+
+
+# --- slot memory (chapters 2-3) ----------------------------------------------------------------
+
+
+def _r(values, digits: int = 3) -> list:
+    """Nested lists of rounded floats from a tensor or array (stable figure JSON)."""
+    import numpy as np
+    import torch
+
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.round(np.asarray(values, dtype=float), digits).tolist()
+
+
+def slot_heatmap_figure(trace: dict, tokens, index: int = 0, layout: TokenLayout | None = None,
+                        title: str | None = None) -> go.Figure:
+    """What a slot memory did on one sequence. Introduced in chapter 2.
+
+    Three panels sharing the token axis: write mass per slot (``trace["write"]``), read weight per
+    slot (``trace["read"]``, read gate included), and the write, erase and read gates.
+    trace: from ``model(tokens, return_trace=True)``; tokens: (batch, seq_len); ``index`` picks
+    the sequence.
+    """
+    layout = layout or TokenLayout()
+    if not 0 <= index < tokens.shape[0]:
+        raise ValueError(f"index must be in [0, {tokens.shape[0]}), got {index}")
+    toks = tokens[index].tolist()
+    labels = [f"{t}:{layout.label(tok)}" for t, tok in enumerate(toks)]
+    write, read = trace["write"][index].T, trace["read"][index].T          # (slots, seq_len)
+    slots = list(range(write.shape[0]))
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.4, 0.4, 0.2],
+                        subplot_titles=("writes (write gate × address)", "reads (read gate × weights)", "gates"))
+    for row, data, scale in ((1, write, "Oranges"), (2, read, "Blues")):
+        fig.add_trace(go.Heatmap(z=_r(data), x=labels, y=slots, colorscale=scale, zmin=0, zmax=1,
+                                 showscale=False, hovertemplate="%{x}<br>slot %{y}: %{z:.3f}<extra></extra>"),
+                      row=row, col=1)
+    for i, (key, name) in enumerate((("write_gate", "write gate"), ("erase", "erase gate"), ("read_gate", "read gate"))):
+        fig.add_trace(go.Scatter(x=labels, y=_r(trace[key][index]), name=name, mode="lines",
+                                 line={"color": PALETTE[i], "width": 1.5}), row=3, col=1)
+    fig.update_yaxes(title_text="slot", row=1, col=1)
+    fig.update_yaxes(title_text="slot", row=2, col=1)
+    fig.update_yaxes(range=[-0.05, 1.05], row=3, col=1)
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    fig.update_xaxes(showticklabels=False, row=2, col=1)
+    fig.update_xaxes(tickangle=-90, tickfont={"size": 8}, row=3, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=620, legend={"orientation": "h", "y": -0.25},
+                      margin={"l": 50, "r": 20, "t": 60 if title else 30, "b": 80})
+    return fig
+
+
+def slot_training_figure(histories: dict[str, dict], title: str = "What the memory does during training") -> go.Figure:
+    """Write entropy, read entropy and mean slot lifetime against the training step, from
+    ``train(..., monitor=memorylib.analysis.slot_monitor)`` results (``{name: result}``).
+    Introduced in chapter 2."""
+    panels = (("write_entropy", "write entropy"), ("read_entropy", "read entropy"), ("mean_lifetime", "slot lifetime (tokens)"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[p[1] for p in panels])
+    for i, (name, run) in enumerate(histories.items()):
+        h, colour = run["history"], PALETTE[i % len(PALETTE)]
+        missing = [key for key, _ in panels if key not in h]
+        if missing:
+            raise ValueError(f"history of {name!r} has no {missing}: train with monitor=slot_monitor")
+        for col, (key, _) in enumerate(panels, start=1):
+            fig.add_trace(go.Scatter(x=h["step"], y=h[key], name=name, line={"color": colour},
+                                     legendgroup=name, showlegend=col == 1), row=1, col=col)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(template=TEMPLATE, title=title, height=320, legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def capacity_figure(curves: dict[str, dict], chance: float | None = None,
+                    title: str = "Accuracy against memory size") -> go.Figure:
+    """Held-out accuracy (with its 95 % bootstrap interval) against the number of slots, one line
+    per model. curves: ``{name: {num_slots: evaluate(...) result}}``. Introduced in chapter 2."""
+    fig = go.Figure()
+    for i, (name, by_size) in enumerate(curves.items()):
+        sizes = sorted(by_size)
+        acc = [by_size[n]["accuracy"] for n in sizes]
+        fig.add_trace(go.Scatter(
+            x=sizes, y=acc, name=name, mode="lines+markers", line={"color": PALETTE[i % len(PALETTE)]},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [round(by_size[n]["ci"][1] - a, 4) for n, a in zip(sizes, acc)],
+                     "arrayminus": [round(a - by_size[n]["ci"][0], 4) for n, a in zip(sizes, acc)]},
+            hovertemplate=f"{name}<br>%{{x}} slots: accuracy %{{y:.3f}}<extra></extra>"))
+    if chance is not None:
+        fig.add_hline(y=chance, line={"dash": "dash", "color": "#888"},
+                      annotation_text="chance", annotation_position="bottom right")
+    fig.update_layout(template=TEMPLATE, title=title, height=360,
+                      xaxis={"title": "number of slots", "type": "log", "tickvals": sorted({n for c in curves.values() for n in c})},
+                      yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
+                    title: str = "Ablations over seeds") -> go.Figure:
+    """One panel per metric: per model, a bar at the mean over seeds with the sample standard
+    deviation as error bar, and every seed as a dot. rows: dicts with ``model``, ``seed`` and
+    one number per metric. Introduced in chapter 2."""
+    import numpy as np
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
+    for col, metric in enumerate(metrics, start=1):
+        for i, name in enumerate(models):
+            vals = np.array([r[metric] for r in rows if r["model"] == name and r.get(metric) is not None], float)
+            colour = PALETTE[i % len(PALETTE)]
+            if len(vals) == 0:
+                continue
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            fig.add_trace(go.Bar(x=[name], y=[round(float(vals.mean()), 4)], marker={"color": colour, "opacity": 0.55},
+                                 error_y={"type": "data", "array": [round(std, 4)]}, name=name, legendgroup=name,
+                                 showlegend=col == 1,
+                                 hovertemplate=f"{name}<br>{metric}: mean %{{y:.3f}} ± {std:.3f} (n={len(vals)})<extra></extra>"),
+                          row=1, col=col)
+            fig.add_trace(go.Scatter(x=[name] * len(vals), y=_r(vals, 4), mode="markers", showlegend=False,
+                                     marker={"color": colour, "size": 7, "line": {"color": "white", "width": 1}},
+                                     legendgroup=name, hovertemplate=f"{name}<br>{metric}: %{{y:.3f}}<extra></extra>"),
+                          row=1, col=col)
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+    fig.update_layout(template=TEMPLATE, title=title, height=380, barmode="overlay",
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def survival_figure(results: dict[str, dict], title: str = "How long a written fact stays retrievable") -> go.Figure:
+    """Survival curves from :func:`memorylib.analysis.survival` results (``{name: result}``):
+    the probability that the memory still returns a fact's value, against tokens since it was
+    written; solid for facts still true at that time, dashed for facts already overwritten.
+    Introduced in chapter 3."""
+    fig = go.Figure()
+    for i, (name, res) in enumerate(results.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        for status, dash in (("live", "solid"), ("overwritten", "dash")):
+            part = res[status]
+            keep = [j for j, n in enumerate(part["n"]) if n > 0]
+            x = [res["delta"][j] for j in keep]
+            p = [part["p"][j] for j in keep]
+            fig.add_trace(go.Scatter(
+                x=x, y=p, name=f"{name}: {status}", mode="lines", line={"color": colour, "dash": dash},
+                legendgroup=name,
+                error_y={"type": "data", "symmetric": False, "thickness": 0.8, "width": 0,
+                         "array": [round(part["ci_high"][j] - part["p"][j], 4) for j in keep],
+                         "arrayminus": [round(part["p"][j] - part["ci_low"][j], 4) for j in keep]},
+                customdata=[part["n"][j] for j in keep],
+                hovertemplate=f"{name} ({status})<br>%{{x}} tokens after the write: %{{y:.3f}} (n=%{{customdata}})<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title=title, height=400,
+                      xaxis_title="tokens since the fact was written",
+                      yaxis={"title": "P(memory still returns the value)", "range": [-0.02, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
     return fig

@@ -64,3 +64,69 @@ def window_explorer(model, task, windows=(4, 8, 16, 32, 64, None), reference: di
 
     out = w.interactive_output(draw, {"window": slider})
     return w.VBox([slider, out])
+
+
+# --- slot memory (chapters 2-3) ----------------------------------------------------------------
+
+
+@contextmanager
+def memory_size(model, num_slots: int):
+    """Temporarily run a slot memory model with ``num_slots`` slots (the weights do not depend on
+    the number of slots). Introduced in chapter 2."""
+    if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
+        raise ValueError(f"num_slots must be an int >= 1, got {num_slots!r}")
+    old = model.num_slots
+    model.num_slots = num_slots
+    try:
+        yield model
+    finally:
+        model.num_slots = old
+
+
+def ablation_curve(model, task, num_slots: int, **eval_kwargs) -> dict:
+    """Evaluate ``model`` with ``num_slots`` slots: the pure function behind the live sliders
+    of chapters 2 and 3."""
+    with memory_size(model, num_slots):
+        return evaluate(model, task, **eval_kwargs)
+
+
+def memory_size_explorer(model, task, sizes=(1, 2, 4, 8, 16, 32), reference: dict | None = None,
+                         num_examples: int = 256, seed: int = 0):
+    """A slider over the number of slots of a trained slot memory model, re-evaluated live.
+    Returns an ``ipywidgets.VBox``. Introduced in chapter 2."""
+    w = _ipywidgets()
+    slider = w.SelectionSlider(options=[str(n) for n in sizes], value=str(model.num_slots)
+                               if str(model.num_slots) in [str(n) for n in sizes] else str(sizes[0]),
+                               description="slots", continuous_update=False)
+
+    def draw(slots: str):
+        res = ablation_curve(model, task, int(slots), num_examples=num_examples, seed=seed)
+        fig = accuracy_by_distance_figure({**(reference or {}), f"{slots} slots": res}, chance=task.chance,
+                                          title=f"{slots} slots: accuracy {res['accuracy']:.3f}")
+        fig.show()
+
+    out = w.interactive_output(draw, {"slots": slider})
+    return w.VBox([slider, out])
+
+
+def ablation_explorer(models: dict, task, sizes=(2, 4, 8, 16), num_examples: int = 256, seed: int = 0):
+    """Toggle buttons choose a trained model (e.g. erase on/off, a write policy) and a slider
+    sets its number of slots; accuracy by distance and the stale-answer rate are redrawn live.
+    ``models``: ``{name: trained model}``. Returns an ``ipywidgets.VBox``. Introduced in chapter 3."""
+    w = _ipywidgets()
+    if not models:
+        raise ValueError("models must hold at least one trained model")
+    choice = w.ToggleButtons(options=list(models), description="model")
+    slider = w.SelectionSlider(options=[str(n) for n in sizes], value=str(sizes[-1]), description="slots",
+                               continuous_update=False)
+
+    def draw(name: str, slots: str):
+        res = ablation_curve(models[name], task, int(slots), num_examples=num_examples, seed=seed)
+        stale = "n/a" if res["stale_rate"] is None else f"{res['stale_rate']:.3f}"
+        fig = accuracy_by_distance_figure({f"{name}, {slots} slots": res}, chance=task.chance,
+                                          title=f"{name}, {slots} slots: accuracy {res['accuracy']:.3f}, "
+                                                f"stale answers {stale}")
+        fig.show()
+
+    out = w.interactive_output(draw, {"name": choice, "slots": slider})
+    return w.VBox([choice, slider, out])

@@ -30,6 +30,8 @@ import memorylib  # noqa: E402
 from memorylib.analysis import slot_statistics  # noqa: E402
 from memorylib.experiments import run  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
+from memorylib.training import evaluate  # noqa: E402
+from memorylib.widgets import memory_size  # noqa: E402
 
 # --- what each chapter sweeps (the chapters build the same tasks and check them against these) ---
 
@@ -49,7 +51,7 @@ CH02 = {
         ("content only + utilization loss", "slot_memory", {"write_policy": "content_only", "utilization_weight": 0.5}),
         ("multi-head top-k + LRU + bottleneck", "topk_lru_memory", {}),
     ],
-    "checkpoints": ["dense", "top-2"],
+    "checkpoints": [],
 }
 
 CH03 = {
@@ -59,13 +61,14 @@ CH03 = {
     "steps": 200, "batch_size": 64, "lr": 3e-3, "warmup": 10,
     "pretrain": {"task": LOOKUP_SHORT, "steps": 300, "lr": 1e-2},
     "rows": [
-        ("learned erase", "slot_memory", {"num_slots": 8}),
-        ("always erase", "slot_memory", {"num_slots": 8, "fixed_erase": 1.0}),
-        ("no_forget", "no_forget", {"num_slots": 8}),
-        ("fifo_memory", "fifo_memory", {"num_slots": 8}),
-        ("random_write", "random_write", {"num_slots": 8}),
+        ("learned erase", "slot_memory", {}),
+        ("always erase", "slot_memory", {"fixed_erase": 1.0}),
+        ("no_forget", "no_forget", {}),
+        ("fifo_memory", "fifo_memory", {}),
+        ("random_write", "random_write", {}),
     ],
     "checkpoints": ["learned erase", "always erase", "no_forget", "fifo_memory", "random_write"],
+    "eval_slots": [8, 4],     # also evaluate the trained models with a smaller memory
 }
 
 SWEEPS = {"ch02": CH02, "ch03": CH03}
@@ -95,6 +98,10 @@ def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
                               lr=spec["lr"], warmup=spec["warmup"], pretrain=pre, model_kwargs=kwargs,
                               eval_tasks=evals, num_examples=num_examples, return_model=True)
             result["label"] = label
+            for slots in spec.get("eval_slots", []):
+                with memory_size(net, slots):
+                    for name, task in evals.items():
+                        result["eval"][f"{name}@{slots}"] = evaluate(net, task, num_examples=num_examples, seed=seed)
             stats = {}
             for name, task in evals.items():
                 batch = task.sample(64, seed=12345 + seed)
@@ -109,7 +116,7 @@ def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
                 result["checkpoint"] = str(path.relative_to(ROOT))
             result["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(result)
-            accs = {n: (e["accuracy"], e["stale_rate"]) for n, e in result["eval"].items()}
+            accs = {n: (e["accuracy"], e["stale_rate"]) for n, e in result["eval"].items() if "lookup" not in n}
             print(f"{label:40s} seed {seed}: {accs}  ({result['seconds']} s)", flush=True)
     return {
         "command": "python experiments/slot_sweeps.py " + " ".join(sys.argv[1:]),

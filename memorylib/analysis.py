@@ -92,21 +92,23 @@ def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: in
         width = max(len(k) for k in key_lists)
         probe = torch.tensor([k + [k[0]] * (width - len(k)) for k in key_lists])
         answers = model.recall(tokens, probe, layout)                        # (n, T, P)
-        for b in range(n):
-            set_cells = is_set[b].nonzero().flatten().tolist()
-            for c in set_cells:
-                k, v, p = int(cells[b, c, 1]), int(cells[b, c, 2]), 3 * c + 2
-                col = key_lists[b].index(k)
-                later = [3 * c2 + 2 for c2 in set_cells if c2 > c and int(cells[b, c2, 1]) == k]
-                overwritten_at = later[0] if later else T
-                end = min(T, p + max_delta + 1)
-                got = (answers[b, p:end, col] == v).float()
-                delta_bins = torch.arange(end - p) // bin_width
-                live = torch.arange(p, end) < overwritten_at
-                for status, mask in (("live", live), ("overwritten", ~live)):
-                    hits[status].index_add_(0, delta_bins[mask], got[mask])
-                    counts[status].index_add_(0, delta_bins[mask], torch.ones(int(mask.sum())))
-                facts += 1
+        # one row per fact: sequence b, probe column, value v, position p, when it was overwritten
+        b_idx, c_idx = is_set.nonzero(as_tuple=True)
+        keys, vals = cells[b_idx, c_idx, 1], cells[b_idx, c_idx, 2]
+        col = torch.tensor([key_lists[b].index(k) for b, k in zip(b_idx.tolist(), keys.tolist())])
+        pos = 3 * c_idx + 2
+        same = (b_idx[:, None] == b_idx[None, :]) & (keys[:, None] == keys[None, :]) & (pos[None, :] > pos[:, None])
+        overwritten_at = torch.where(same, pos[None, :], torch.full_like(same, T, dtype=torch.long)).min(dim=1).values
+        delta = torch.arange(max_delta + 1)
+        at = pos[:, None] + delta[None, :]                                    # (facts, deltas)
+        inside = at < T
+        got = answers[b_idx[:, None], at.clamp(max=T - 1), col[:, None]] == vals[:, None]
+        live = at < overwritten_at[:, None]
+        bins = (delta // bin_width).expand_as(at)
+        for status, mask in (("live", inside & live), ("overwritten", inside & ~live)):
+            hits[status].index_add_(0, bins[mask], got[mask].float())
+            counts[status].index_add_(0, bins[mask], torch.ones(int(mask.sum())))
+        facts += len(b_idx)
         done += n
     out = {"delta": [i * bin_width for i in range(num_bins)], "bin_width": bin_width, "num_facts": facts,
            "num_examples": num_examples}

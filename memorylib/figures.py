@@ -239,11 +239,12 @@ def slot_heatmap_figure(trace: dict, tokens, index: int = 0, layout: TokenLayout
 
 
 def slot_training_figure(histories: dict[str, dict], title: str = "What the memory does during training") -> go.Figure:
-    """Write entropy, read entropy and mean slot lifetime against the training step, from
-    ``train(..., monitor=memorylib.analysis.slot_monitor)`` results (``{name: result}``).
+    """Write entropy, read entropy, writes per token and mean slot lifetime against the training
+    step, from ``train(..., monitor=memorylib.analysis.slot_monitor)`` results (``{name: result}``).
     Introduced in chapter 2."""
-    panels = (("write_entropy", "write entropy"), ("read_entropy", "read entropy"), ("mean_lifetime", "slot lifetime (tokens)"))
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[p[1] for p in panels])
+    panels = (("write_entropy", "write entropy"), ("read_entropy", "read entropy"),
+              ("writes_per_token", "writes per token"), ("mean_lifetime", "slot lifetime (tokens)"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels])
     for i, (name, run) in enumerate(histories.items()):
         h, colour = run["history"], PALETTE[i % len(PALETTE)]
         missing = [key for key, _ in panels if key not in h]

@@ -226,8 +226,7 @@ class SlotMemory(nn.Module):
         if self.decay_logit is not None and self.decay_logit.shape[0] != self.num_slots:
             raise ValueError(f"num_slots={self.num_slots} cannot change on a memory with decay gates "
                              f"(built with {self.decay_logit.shape[0]} slots)")
-        if self.top_k is not None and self.top_k > self.num_slots:
-            pass  # top_k >= num_slots reads densely; allowed so the size slider can go below top_k
+        # top_k >= num_slots is allowed (the read is then dense), so a size slider can go below top_k
 
     def forward(self, h: torch.Tensor, state: SlotState | None = None, trace: bool = False,
                 keep_states: bool = False):

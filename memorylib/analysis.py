@@ -1,7 +1,9 @@
-"""Measurements of what a memory did: slot statistics from a trace. Introduced in chapter 2.
+"""Measurements of what a memory did. Introduced in chapter 2 (slot statistics) and chapter 3
+(survival of written facts).
 
 Every function takes the trace of :meth:`memorylib.slot_memory.SlotMemory.forward`
 (``model(tokens, return_trace=True)``) or a model, and returns plain numbers ready for JSON.
+Shapes: ``B`` sequences, ``T`` tokens, ``S`` slots.
 """
 
 from __future__ import annotations
@@ -11,110 +13,205 @@ import math
 import torch
 
 from .slot_memory import slot_usage_entropy
+from .stats import wilson_interval
+from .tasks import CELL, TokenLayout, _check_int, derive_seed, make_generator
+
+
+def _r(x) -> float:
+    return round(float(x), 4)
+
+
+def slot_lifetimes(write: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How long the content a write replaces had lived, from write mass alone. Introduced in chapter 2.
+
+    write: (B, T, S) write mass (write gate times write address, ``trace["write"]``). Returns
+    ``(lifetime, weight)``, both (B, T, S): ``lifetime[b, t, s]`` is the number of tokens since
+    slot ``s`` was last written (a soft count, like the memory's age: a write of mass ``w`` keeps
+    a fraction ``1 - w`` of the count), plus one, so a slot rewritten every 4 tokens has lifetime 4;
+    ``weight[b, t, s]`` is the write mass at ``t`` times how full the slot was before it
+    (``1 - prod(1 - w)`` over earlier writes), so a first write into an empty slot weighs nothing.
+    """
+    if write.dim() != 3:
+        raise ValueError(f"write must have shape (batch, seq_len, num_slots), got {tuple(write.shape)}")
+    write = write.float()
+    since = torch.zeros_like(write[:, 0])           # (B, S) tokens since the last write
+    filled = torch.zeros_like(write[:, 0])          # (B, S) how much content the slot holds
+    lifetime, weight = [], []
+    for t in range(write.shape[1]):
+        w = write[:, t]
+        lifetime.append(since + 1)
+        weight.append(w * filled)
+        since = (since + 1) * (1 - w)
+        filled = filled + w * (1 - filled)
+    return torch.stack(lifetime, dim=1), torch.stack(weight, dim=1)
 
 
 @torch.no_grad()
 def slot_statistics(trace: dict) -> dict:
-    """Summary numbers of one traced batch.
+    """Summary numbers of one traced batch. Introduced in chapter 2.
+
+    trace: from ``model(tokens, return_trace=True)``; uses ``write``, ``read`` (B, T, S) and
+    ``read_gate`` (B, T). Returns floats (rounded to 4 digits) and one list:
 
     * ``write_entropy``: normalised entropy (0..1) of how all write mass is shared among slots
-      (1: every slot written equally; 0: one slot takes every write: addressing collapse);
-    * ``read_entropy``: normalised entropy of the read weights, averaged over the tokens that
-      read (read gate > 0.5); 0: each read looks at one slot, 1: reads are spread evenly;
-    * ``mean_lifetime``: tokens a slot's content had lived when it was written over (the age of
-      each written slot, weighted by write mass);
+      (:func:`~memorylib.slot_memory.slot_usage_entropy`; 1: every slot written equally, 0: one
+      slot takes every write, i.e. addressing collapse);
+    * ``read_entropy``: normalised entropy (0..1) of each token's read distribution over slots
+      (the read weights, mean over heads, renormalised), averaged over the tokens that *read*,
+      i.e. whose read gate is above 0.5: a token that barely reads says nothing about how focused
+      reads are. 0: each read looks at one slot; 1: reads are spread evenly. NaN if no token reads;
+      1.0 with a single slot (the convention of ``slot_usage_entropy``);
+    * ``mean_lifetime``: how many tokens a slot's content had lived when it was written over
+      (:func:`slot_lifetimes`, weighted by write mass; writes into empty slots do not count).
+      Computed from the write mass rather than ``trace["age_before"]`` because the memory's age
+      is also reset by reads (it is a "least recently *used*" count, not a lifetime). Content still
+      alive at the end of the sequence is not counted, so long lifetimes are under-represented in
+      short sequences. NaN if nothing was written over;
     * ``writes_per_token``: mean write mass per token (1 = a full write at every token);
-    * ``write_share``: the fraction of all write mass that went to each slot.
+    * ``write_share``: list, the fraction of all write mass that went to each slot.
     """
-    write, read, age = trace["write"], trace["read"], trace["age_before"]
+    write, read = trace["write"], trace["read"]
     S = write.shape[-1]
-    r = lambda x: round(float(x), 4)  # noqa: E731
     reading = trace["read_gate"] > 0.5
-    if bool(reading.any()) and S > 1:
-        w = read[reading] / read[reading].sum(-1, keepdim=True).clamp_min(1e-12)
+    if S == 1:
+        read_entropy = 1.0
+    elif bool(reading.any()):
+        w = read[reading] / read[reading].sum(-1, keepdim=True).clamp_min(1e-12)   # (reads, S)
         read_entropy = float((-(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(S)).mean())
     else:
-        read_entropy = float("nan")
+        read_entropy = math.nan
+    lifetime, weight = slot_lifetimes(write)
+    mass = float(weight.sum())
+    mean_lifetime = float((lifetime * weight).sum()) / mass if mass > 1e-12 else math.nan
     share = write.reshape(-1, S).sum(0)
     share = share / share.sum().clamp_min(1e-12)
     return {
-        "write_entropy": r(slot_usage_entropy(write)),
-        "read_entropy": r(read_entropy),
-        "mean_lifetime": r((write * age).sum() / write.sum().clamp_min(1e-12)),
-        "writes_per_token": r(write.sum(-1).mean()),
-        "write_share": [r(x) for x in share],
+        "write_entropy": _r(slot_usage_entropy(write)),
+        "read_entropy": _r(read_entropy),
+        "mean_lifetime": _r(mean_lifetime),
+        "writes_per_token": _r(write.sum(-1).mean()),
+        "write_share": [_r(x) for x in share],
     }
 
 
 @torch.no_grad()
 def slot_monitor(model, batch) -> dict:
-    """For ``train(monitor=slot_monitor)``: the scalar :func:`slot_statistics` of ``model`` on
-    the training batch, run in eval mode without gradients."""
+    """For ``train(monitor=slot_monitor)``: the scalar entries of :func:`slot_statistics` of
+    ``model`` on the training batch (``batch.tokens``: (B, T)), run in eval mode without
+    gradients; the model's mode is restored afterwards. Introduced in chapter 2."""
     was_training = model.training
     model.eval()
-    _, trace = model(batch.tokens, return_trace=True)
-    model.train(was_training)
+    try:
+        _, trace = model(batch.tokens, return_trace=True)
+    finally:
+        model.train(was_training)
     return {k: v for k, v in slot_statistics(trace).items() if not isinstance(v, list)}
+
+
+def _latest_set(tokens: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every position and key: where the latest ``SET key v`` at or before it put its value,
+    and that value. tokens: (B, T) -> two (B, T, num_keys) int64 tensors, -1 before any SET."""
+    B, T = tokens.shape
+    cells = T // CELL
+    pos = torch.full((B, T, layout.num_keys), -1, dtype=torch.long)
+    val = torch.full((B, T, layout.num_keys), -1, dtype=torch.long)
+    c = tokens[:, : cells * CELL].reshape(B, cells, CELL)
+    b, cell = ((c[:, :, 0] == layout.SET) & layout.is_key(c[:, :, 1])).nonzero(as_tuple=True)
+    p = CELL * cell + 2                                    # the value token's position
+    k = c[b, cell, 1] - layout.key_start
+    pos[b, p, k] = p
+    val[b, p, k] = c[b, cell, 2]
+    pos = pos.cummax(dim=1).values                         # carry the latest SET forward in time
+    val = val.gather(1, pos.clamp_min(0))                  # the value stored at that SET
+    val = torch.where(pos >= 0, val, torch.full_like(val, -1))
+    return pos, val
 
 
 @torch.no_grad()
 def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: int = 32,
-             max_delta: int | None = None, bin_width: int = 3) -> dict:
+             max_delta: int | None = None, bin_width: int = CELL) -> dict:
     """How long a written fact stays retrievable, for facts still true and facts overwritten.
     Introduced in chapter 3.
 
-    On held-out sequences of ``task`` (drawn like :func:`memorylib.training.predict` draws
-    them), every fact cell ``SET k v`` (value at position ``p``) is followed forward: at each
-    later position ``p + delta`` the memory is probed with ``model.recall`` ("what would you
-    answer to ``ASK k`` now?"). The fact is *live* there if no later ``SET k`` came at or before
-    ``p + delta``, *overwritten* otherwise. Returns, per bin of ``bin_width`` tokens of delta,
-    the share of probes that returned ``v`` (``p``), their count ``n`` and a 95 % Wilson interval,
-    for both statuses; JSON-ready.
-    """
-    from .stats import wilson_interval
-    from .tasks import derive_seed, make_generator
+    On held-out sequences of ``task`` (a task of fact cells ``SET k v``, such as changing facts,
+    drawn from ``derive_seed(seed, "eval")`` like :func:`memorylib.training.predict` draws them),
+    every fact cell ``SET k v`` (value token at position ``p``) is followed forward. At each
+    ``p + delta < seq_len`` (``0 <= delta <= max_delta``, default ``seq_len``) the memory is
+    probed with ``model.recall(tokens, probe_keys)`` (``probe_keys``: (B, P) the distinct keys set
+    in each sequence, padded by repeating one; ``recall`` returns (B, T, P) the answer to
+    "``ASK k``?" after each position), and the probe is a hit if it returns ``v``. Its status there:
 
-    layout = task.layout
-    gen = make_generator(derive_seed(seed, "eval"))
+    * ``live``: no later ``SET k`` happened at or before ``p + delta``;
+    * ``overwritten``: a later ``SET k w`` did, and the key's value at ``p + delta`` differs from
+      ``v``. Probes where a later fact set ``k`` back to ``v`` itself are left out (a hit there is
+      right for another reason); their number is ``restated_probes``.
+
+    Deltas are binned in bins of ``bin_width`` tokens (default: one cell). Returns a JSON-ready
+    dict: ``delta`` (each bin's first delta), ``bin_width``, and per status ``{"p", "n",
+    "ci_low", "ci_high"}``: the share of hits, the number of probes and a 95 % Wilson interval
+    per bin (all 0.0 where ``n`` is 0); ``num_facts``, ``num_examples``, ``restated_probes``.
+    """
+    _check_int("num_examples", num_examples, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("bin_width", bin_width, 1)
+    layout = getattr(task, "layout", None) or TokenLayout()
     T = task.seq_len
-    max_delta = T if max_delta is None else max_delta
+    max_delta = T if max_delta is None else _check_int("max_delta", max_delta, 0)
     num_bins = max_delta // bin_width + 1
-    hits = {s: torch.zeros(num_bins) for s in ("live", "overwritten")}
-    counts = {s: torch.zeros(num_bins) for s in ("live", "overwritten")}
-    done, facts = 0, 0
-    while done < num_examples:
-        n = min(batch_size, num_examples - done)
-        tokens = task.sample(n, gen).tokens
-        cells = tokens.view(n, -1, 3)[:, : T // 3]                          # (n, cells, 3)
-        is_set = cells[:, :, 0] == layout.SET
-        # the distinct keys set in each sequence, padded by repeating the first one
-        key_lists = [sorted(set(cells[b, is_set[b], 1].tolist())) for b in range(n)]
-        width = max(len(k) for k in key_lists)
-        probe = torch.tensor([k + [k[0]] * (width - len(k)) for k in key_lists])
-        answers = model.recall(tokens, probe, layout)                        # (n, T, P)
-        # one row per fact: sequence b, probe column, value v, position p, when it was overwritten
-        b_idx, c_idx = is_set.nonzero(as_tuple=True)
-        keys, vals = cells[b_idx, c_idx, 1], cells[b_idx, c_idx, 2]
-        col = torch.tensor([key_lists[b].index(k) for b, k in zip(b_idx.tolist(), keys.tolist())])
-        pos = 3 * c_idx + 2
-        same = (b_idx[:, None] == b_idx[None, :]) & (keys[:, None] == keys[None, :]) & (pos[None, :] > pos[:, None])
-        overwritten_at = torch.where(same, pos[None, :], torch.full_like(same, T, dtype=torch.long)).min(dim=1).values
-        delta = torch.arange(max_delta + 1)
-        at = pos[:, None] + delta[None, :]                                    # (facts, deltas)
-        inside = at < T
-        got = answers[b_idx[:, None], at.clamp(max=T - 1), col[:, None]] == vals[:, None]
-        live = at < overwritten_at[:, None]
-        bins = (delta // bin_width).expand_as(at)
-        for status, mask in (("live", inside & live), ("overwritten", inside & ~live)):
-            hits[status].index_add_(0, bins[mask], got[mask].float())
-            counts[status].index_add_(0, bins[mask], torch.ones(int(mask.sum())))
-        facts += len(b_idx)
-        done += n
+    delta = torch.arange(max_delta + 1)
+    bins = delta // bin_width
+    hits = {s: torch.zeros(num_bins, dtype=torch.long) for s in ("live", "overwritten")}
+    counts = {s: torch.zeros(num_bins, dtype=torch.long) for s in ("live", "overwritten")}
+    facts = restated = done = 0
+    gen = make_generator(derive_seed(seed, "eval"))
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()
+    try:
+        while done < num_examples:
+            n = min(batch_size, num_examples - done)
+            tokens = task.sample(n, gen).tokens                                     # (n, T)
+            latest_pos, latest_val = _latest_set(tokens, layout)                    # (n, T, K)
+            cells = tokens[:, : (T // CELL) * CELL].reshape(n, -1, CELL)
+            is_fact = (cells[:, :, 0] == layout.SET) & layout.is_key(cells[:, :, 1])
+            # probes: the distinct keys set in each sequence, padded by repeating the first
+            key_lists = [sorted(set(cells[b, is_fact[b], 1].tolist())) or [layout.key_start] for b in range(n)]
+            width = max(len(k) for k in key_lists)
+            probe = torch.tensor([k + [k[0]] * (width - len(k)) for k in key_lists])
+            answers = model.recall(tokens, probe, layout)
+            if tuple(answers.shape) != (n, T, width):
+                raise ValueError(f"model.recall must return (batch, seq_len, num_probes) = {(n, T, width)}, "
+                                 f"got {tuple(answers.shape)}")
+            # one row per fact: sequence b, probe column, key, value, value position p
+            b_idx, c_idx = is_fact.nonzero(as_tuple=True)
+            keys, vals, pos = cells[b_idx, c_idx, 1], cells[b_idx, c_idx, 2], CELL * c_idx + 2
+            col = torch.tensor([key_lists[b].index(k) for b, k in zip(b_idx.tolist(), keys.tolist())],
+                               dtype=torch.long)
+            at = pos[:, None] + delta[None, :]                                      # (facts, deltas)
+            inside = at < T
+            t = at.clamp(max=T - 1)
+            k = (keys - layout.key_start)[:, None].expand_as(t)
+            b = b_idx[:, None].expand_as(t)
+            live = latest_pos[b, t, k] == pos[:, None]
+            changed = latest_val[b, t, k] != vals[:, None]
+            got = answers[b, t, col[:, None].expand_as(t)] == vals[:, None]
+            status_bins = bins[None, :].expand_as(t)
+            for status, mask in (("live", inside & live), ("overwritten", inside & ~live & changed)):
+                counts[status] += torch.bincount(status_bins[mask], minlength=num_bins)
+                hits[status] += torch.bincount(status_bins[mask & got], minlength=num_bins)
+            restated += int((inside & ~live & ~changed).sum())
+            facts += len(b_idx)
+            done += n
+    finally:
+        if was_training is not None:
+            model.train(was_training)
     out = {"delta": [i * bin_width for i in range(num_bins)], "bin_width": bin_width, "num_facts": facts,
-           "num_examples": num_examples}
+           "num_examples": num_examples, "restated_probes": restated}
     for status in ("live", "overwritten"):
-        k, n = hits[status].long().tolist(), counts[status].long().tolist()
-        ci = [wilson_interval(a, b) if b else (0.0, 0.0) for a, b in zip(k, n)]
-        out[status] = {"p": [round(a / b, 4) if b else 0.0 for a, b in zip(k, n)], "n": n,
-                       "ci_low": [round(c[0], 4) for c in ci], "ci_high": [round(c[1], 4) for c in ci]}
+        part = {"p": [], "n": [], "ci_low": [], "ci_high": []}
+        for k_, n_ in zip(hits[status].tolist(), counts[status].tolist()):
+            lo, hi = wilson_interval(k_, n_) if n_ else (0.0, 0.0)
+            for key, value in zip(part, (k_ / n_ if n_ else 0.0, n_, lo, hi)):
+                part[key].append(value if key == "n" else _r(value))
+        out[status] = part
     return out

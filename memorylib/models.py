@@ -1,4 +1,4 @@
-"""Baseline models: a tiny causal transformer, with full or windowed attention. Introduced in chapter 1.
+"""The book's models. Introduced in chapter 1 (the transformers) and chapter 2 (the slot memory model).
 
 Every model in the book shares one contract::
 
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
+from .slot_memory import SlotMemory, address
 from .tasks import TokenLayout
 
 DEFAULT_WINDOW = 16
@@ -100,9 +101,10 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TinyTransformer(nn.Module):
-    """A small causal transformer. ``window=None``: full attention; an int: each layer attends to
-    the last ``window`` positions (itself included).
+class LocalFeatures(nn.Module):
+    """What every model of the book shares: token embeddings, a mix of the previous token, and
+    ``num_layers`` causal attention blocks, each attending to the last ``window`` positions
+    (``None``: the whole prefix). ``features(tokens)`` gives ``(batch, seq_len, d_model)``.
 
     ``window`` is a plain attribute: setting it on a trained model restricts attention at
     evaluation time (chapter 1's window slider). A stack of ``num_layers`` windowed layers sees
@@ -110,8 +112,8 @@ class TinyTransformer(nn.Module):
     layer reaches ``window - 1`` back and the previous-token mix at the input one more.
     """
 
-    def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 2,
-                 num_heads: int = 4, window: int | None = None, mlp_ratio: int = 4):
+    def __init__(self, vocab_size: int | None, d_model: int, num_layers: int, num_heads: int,
+                 window: int | None, mlp_ratio: int = 4):
         super().__init__()
         vocab_size = TokenLayout().vocab_size if vocab_size is None else vocab_size
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
@@ -123,24 +125,38 @@ class TinyTransformer(nn.Module):
         self.embed = nn.Embedding(vocab_size, d_model)
         self.shift = nn.Linear(d_model, d_model, bias=False)
         self.blocks = nn.ModuleList(Block(d_model, num_heads, mlp_ratio) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
 
     @property
     def receptive_field(self) -> int | None:
-        """How many positions back (itself included) can influence a logit; None = unbounded."""
+        """How many positions back (itself included) the attention path reaches; None = unbounded."""
         if self.window is None:
             return None
         return len(self.blocks) * (self.window - 1) + 2   # +1 for the previous-token mix
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (batch, seq_len) int64 -> (batch, seq_len, d_model)."""
         check_tokens(tokens, self.vocab_size)
         check_window(self.window)
         x = self.embed(tokens)
         x = x + self.shift(F.pad(x, (0, 0, 1, 0))[:, :-1])   # mix in the previous token
         for block in self.blocks:
             x = block(x, self.window)
-        return self.head(self.norm(x))
+        return x
+
+
+class TinyTransformer(LocalFeatures):
+    """A small causal transformer: :class:`LocalFeatures`, then a norm and the output head.
+    ``window=None``: full attention; an int: every layer attends to the last ``window`` positions.
+    """
+
+    def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 2,
+                 num_heads: int = 4, window: int | None = None, mlp_ratio: int = 4):
+        super().__init__(vocab_size, d_model, num_layers, num_heads, window, mlp_ratio)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, self.vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(tokens)))
 
 
 @register_model("tiny_transformer")
@@ -161,10 +177,8 @@ def local_transformer(window: int = DEFAULT_WINDOW, **kwargs) -> TinyTransformer
 
 # --- slot memory models (chapters 2-3) ---------------------------------------------------------
 
-from .slot_memory import SlotMemory  # noqa: E402
 
-
-class SlotMemoryModel(nn.Module):
+class SlotMemoryModel(LocalFeatures):
     """Local causal attention with a slot memory beside it. Introduced in chapter 2.
 
     tokens -> embedding (+ previous-token mix) -> ``num_layers`` windowed attention blocks -> ``h``;
@@ -184,19 +198,9 @@ class SlotMemoryModel(nn.Module):
                  memory_heads: int = 1, top_k: int | None = None, write_policy: str = "content",
                  fixed_erase: float | None = None, bottleneck: int | None = None, decay: bool = False,
                  utilization_weight: float = 0.0, seed: int = 0):
-        super().__init__()
-        vocab_size = TokenLayout().vocab_size if vocab_size is None else vocab_size
-        for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
-                            ("num_layers", num_layers), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if window is None:
             raise ValueError("a slot memory model needs an int window >= 1 for its local attention")
-        check_window(window)
-        self.vocab_size, self.window = vocab_size, window
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.shift = nn.Linear(d_model, d_model, bias=False)
-        self.blocks = nn.ModuleList(Block(d_model, num_heads) for _ in range(num_layers))
+        super().__init__(vocab_size, d_model, num_layers, num_heads, window)
         self.memory = SlotMemory(d_model, num_slots=num_slots, slot_dim=slot_dim, num_heads=memory_heads,
                                  top_k=top_k, write_policy=write_policy, fixed_erase=fixed_erase,
                                  bottleneck=bottleneck, decay=decay, utilization_weight=utilization_weight,
@@ -205,7 +209,7 @@ class SlotMemoryModel(nn.Module):
         self.norm_mlp = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
         self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head = nn.Linear(d_model, self.vocab_size, bias=False)
 
     @property
     def num_slots(self) -> int:
@@ -214,22 +218,6 @@ class SlotMemoryModel(nn.Module):
     @num_slots.setter
     def num_slots(self, value: int) -> None:
         self.memory.num_slots = value
-
-    @property
-    def receptive_field(self) -> int:
-        """How far back the attention path reaches (itself included); older tokens reach a
-        prediction only through the memory."""
-        return len(self.blocks) * (self.window - 1) + 2
-
-    def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The local features ``h: (batch, seq_len, d_model)`` the memory reads and writes with."""
-        check_tokens(tokens, self.vocab_size)
-        check_window(self.window)
-        x = self.embed(tokens)
-        x = x + self.shift(F.pad(x, (0, 0, 1, 0))[:, :-1])
-        for block in self.blocks:
-            x = block(x, self.window)
-        return x
 
     def predict_from(self, h: torch.Tensor, reads: torch.Tensor) -> torch.Tensor:
         """Fuse memory reads ``(..., heads * slot_dim)`` into features ``(..., d_model)``; logits."""
@@ -272,7 +260,6 @@ class SlotMemoryModel(nn.Module):
         qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         kn = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         scores = (qn @ kn.transpose(-1, -2)).view(B, -1, P, mem.num_heads, mem.num_slots)
-        from .slot_memory import address
         w = address(scores, mem.log_sharpness.exp()[:, None], mem.top_k)   # (B, T, P, H, S)
         raw = torch.einsum("btphs,btsd->btphd", w, values)
         r = mem.gated_reads(raw, pr["read_gate"][:, None, :].expand(-1, raw.shape[1], -1))

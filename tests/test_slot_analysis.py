@@ -41,14 +41,14 @@ def test_slot_statistics_on_hand_made_traces():
     collapsed[:, 0] = 1.0                                     # every token writes slot 0
     stats = slot_statistics(hand_trace(collapsed))
     assert stats["write_entropy"] == 0.0 and stats["write_share"] == [1.0, 0.0, 0.0, 0.0]
-    assert stats["mean_lifetime"] == pytest.approx(39 / 40, abs=1e-3)   # rewritten every token (age 0 once)
+    assert stats["mean_lifetime"] == pytest.approx(1.0)       # each content lives one token
     every_4 = torch.zeros(T, S)
     every_4[torch.arange(0, T, 4), (torch.arange(0, T, 4) // 4) % S] = 1.0   # round robin, one write per 4 tokens
     stats = slot_statistics(hand_trace(every_4))
     assert stats["write_entropy"] == pytest.approx(1.0)
     assert stats["writes_per_token"] == pytest.approx(0.25)
-    # after the first round each slot is rewritten 16 tokens after its last write
-    assert 10 < stats["mean_lifetime"] < 16
+    # the first round fills empty slots (not counted); after it each slot is rewritten 16 tokens on
+    assert stats["mean_lifetime"] == pytest.approx(16.0)
     peaked = hand_trace(every_4, read=torch.eye(S)[torch.arange(T) % S])
     spread = hand_trace(every_4, read=torch.full((T, S), 1 / S))
     assert slot_statistics(peaked)["read_entropy"] == pytest.approx(0.0, abs=1e-4)
@@ -93,9 +93,11 @@ def test_survival_bookkeeping_with_oracles():
     assert all(p == 0.0 for p, n in zip(latest["overwritten"]["p"], latest["overwritten"]["n"]) if n)
     assert latest["num_facts"] == 16 * 12 and sum(latest["overwritten"]["n"]) > 0
     first = survival(Oracle("first"), task, num_examples=16)
-    # a re-assignment never repeats the old value, so the first value is wrong once overwritten... unless
-    # the overwritten fact is itself the first one: then "first" returns it
-    assert any(p == 1.0 for p, n in zip(first["overwritten"]["p"], first["overwritten"]["n"]) if n)
+    # remembering only the first value of each key: every first fact stays retrievable after it was
+    # overwritten (later facts do not), so a good share of overwritten probes hit
+    part = first["overwritten"]
+    share = sum(p * n for p, n in zip(part["p"], part["n"])) / sum(part["n"])
+    assert 0.2 < share < 1.0
     json.dumps(latest)
 
 

@@ -20,8 +20,11 @@ for var, sub in [("JUPYTER_CONFIG_DIR", "jupyter-config"), ("JUPYTER_DATA_DIR", 
     path = _scratch / sub
     path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(var, str(path))
-# Same thread count as the reference machine, before torch is imported anywhere.
+# Same thread count as the reference machine, before torch is imported anywhere. MKL may otherwise
+# use fewer threads than asked when the machine is busy (MKL_DYNAMIC), which changes float32 sums
+# in their last bits and, over hundreds of training steps, every number nbval compares.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 
 # --- chapter run times -----------------------------------------------------------------------

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import sys
 import time
 
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "2")     # as conftest.py: the thread count the book uses,
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")     # and no fewer when the machine is busy
+
+import torch  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -36,7 +36,7 @@ def hand_trace(write, read=None, gate=None):
 
 
 def test_slot_statistics_on_hand_made_traces():
-    T, S = 40, 4
+    T, S = 48, 4
     collapsed = torch.zeros(T, S)
     collapsed[:, 0] = 1.0                                     # every token writes slot 0
     stats = slot_statistics(hand_trace(collapsed))

@@ -186,7 +186,7 @@ def test_content_policy_writes_a_repeated_key_onto_its_slot():
 
 @pytest.mark.xfail(strict=True, reason="known limitation: the content half of a write leaves a faint "
                    "copy of the key in empty slots, and cosine ignores scale, so that copy matches the key "
-                   "as well as its real slot; fixing it changes every trained model (see the chapter 3 note)")
+                   "as well as its real slot; fixing it changes every trained model (memorylib/slot_memory.py docstring)")
 def test_a_faint_residue_in_an_empty_slot_does_not_attract_a_repeated_key():
     mem = content_memory(4)
     h = features(length=4)

@@ -202,39 +202,67 @@ def _r(values, digits: int = 3) -> list:
     return np.round(np.asarray(values, dtype=float), digits).tolist()
 
 
+def _cell_ticks(toks: list[int], layout: TokenLayout, max_labels: int) -> tuple[list[int], list[str]]:
+    """Tick positions and labels for a token axis: every token when there are at most
+    ``max_labels``, otherwise only the fact and query cells (``SET k3=v7`` at the ``SET``)."""
+    if len(toks) <= max_labels:
+        return list(range(len(toks))), [layout.label(t) for t in toks]
+    vals, text = [], []
+    for p in range(len(toks) - 2):
+        if toks[p] in (layout.SET, layout.ASK) and p % 3 == 0:
+            sep = "=" if toks[p] == layout.SET else "→"
+            vals.append(p)
+            text.append(f"{layout.label(toks[p])} {layout.label(toks[p + 1])}{sep}{layout.label(toks[p + 2])}")
+    return vals, text
+
+
 def slot_heatmap_figure(trace: dict, tokens, index: int = 0, layout: TokenLayout | None = None,
-                        title: str | None = None) -> go.Figure:
+                        title: str | None = None, max_labels: int = 96) -> go.Figure:
     """What a slot memory did on one sequence. Introduced in chapter 2.
 
-    Three panels sharing the token axis: write mass per slot (``trace["write"]``), read weight per
-    slot (``trace["read"]``, read gate included), and the write, erase and read gates.
-    trace: from ``model(tokens, return_trace=True)``; tokens: (batch, seq_len); ``index`` picks
-    the sequence.
+    Three panels sharing the token axis (x: token position): write mass per slot
+    (``trace["write"]``: write gate times write address), read weight per slot (``trace["read"]``:
+    read gate times the read weights, mean over heads), and the write, erase and read gates.
+    trace: from ``model(tokens, return_trace=True)``, ``write``/``read`` (batch, seq_len,
+    num_slots) and gates (batch, seq_len); tokens: (batch, seq_len); ``index`` picks the sequence.
+    Hover shows position, token and value; the axis is labelled with every token when the
+    sequence has at most ``max_labels`` tokens, else with its fact and query cells. Values are
+    rounded to 3 decimals.
     """
     layout = layout or TokenLayout()
     if not 0 <= index < tokens.shape[0]:
         raise ValueError(f"index must be in [0, {tokens.shape[0]}), got {index}")
     toks = tokens[index].tolist()
-    labels = [f"{t}:{layout.label(tok)}" for t, tok in enumerate(toks)]
+    T = len(toks)
+    if trace["write"].shape[1] != T:
+        raise ValueError(f"trace covers {trace['write'].shape[1]} tokens, tokens has {T}")
+    names = [layout.label(t) for t in toks]
+    pos = list(range(T))
     write, read = trace["write"][index].T, trace["read"][index].T          # (slots, seq_len)
     slots = list(range(write.shape[0]))
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.4, 0.4, 0.2],
                         subplot_titles=("writes (write gate × address)", "reads (read gate × weights)", "gates"))
-    for row, data, scale in ((1, write, "Oranges"), (2, read, "Blues")):
-        fig.add_trace(go.Heatmap(z=_r(data), x=labels, y=slots, colorscale=scale, zmin=0, zmax=1,
-                                 showscale=False, hovertemplate="%{x}<br>slot %{y}: %{z:.3f}<extra></extra>"),
+    for row, data, scale, what in ((1, write, "Oranges", "write"), (2, read, "Blues", "read")):
+        fig.add_trace(go.Heatmap(z=_r(data), x=pos, y=slots, customdata=[names] * len(slots), colorscale=scale,
+                                 zmin=0, zmax=1, showscale=False, name=f"{what}s",
+                                 hovertemplate=f"position %{{x}}: %{{customdata}}<br>slot %{{y}} {what}: "
+                                               "%{z:.3f}<extra></extra>"),
                       row=row, col=1)
     for i, (key, name) in enumerate((("write_gate", "write gate"), ("erase", "erase gate"), ("read_gate", "read gate"))):
-        fig.add_trace(go.Scatter(x=labels, y=_r(trace[key][index]), name=name, mode="lines",
-                                 line={"color": PALETTE[i], "width": 1.5}), row=3, col=1)
+        fig.add_trace(go.Scatter(x=pos, y=_r(trace[key][index]), customdata=names, name=name, mode="lines",
+                                 line={"color": PALETTE[i], "width": 1.5},
+                                 hovertemplate=f"position %{{x}}: %{{customdata}}<br>{name} %{{y:.3f}}<extra></extra>"),
+                      row=3, col=1)
+    tickvals, ticktext = _cell_ticks(toks, layout, max_labels)
     fig.update_yaxes(title_text="slot", row=1, col=1)
     fig.update_yaxes(title_text="slot", row=2, col=1)
     fig.update_yaxes(range=[-0.05, 1.05], row=3, col=1)
     fig.update_xaxes(showticklabels=False, row=1, col=1)
     fig.update_xaxes(showticklabels=False, row=2, col=1)
-    fig.update_xaxes(tickangle=-90, tickfont={"size": 8}, row=3, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=620, legend={"orientation": "h", "y": -0.25},
-                      margin={"l": 50, "r": 20, "t": 60 if title else 30, "b": 80})
+    fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=-90, tickfont={"size": 8},
+                     title_text="token", row=3, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=640, legend={"orientation": "h", "y": -0.32},
+                      margin={"l": 50, "r": 20, "t": 60 if title else 30, "b": 90})
     return fig
 
 
@@ -287,10 +315,16 @@ def capacity_figure(curves: dict[str, dict], chance: float | None = None,
 def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
                     title: str = "Ablations over seeds") -> go.Figure:
     """One panel per metric: per model, a bar at the mean over seeds with the sample standard
-    deviation as error bar, and every seed as a dot. rows: dicts with ``model``, ``seed`` and
-    one number per metric. Introduced in chapter 2."""
+    deviation (``ddof=1``; 0 for a single seed) as error bar, and every seed as a dot.
+    rows: dicts with ``model``, ``seed`` and one number per metric (rows where a metric is None
+    are left out of that panel). Models keep the order of their first row. Introduced in chapter 2."""
     import numpy as np
 
+    if not rows:
+        raise ValueError("rows must hold at least one result")
+    missing = [m for m in metrics if not any(r.get(m) is not None for r in rows)]
+    if missing:
+        raise ValueError(f"no row has a value for {missing}; rows have {sorted(set().union(*rows))}")
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
     for col, metric in enumerate(metrics, start=1):
@@ -318,13 +352,14 @@ def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
 def survival_figure(results: dict[str, dict], title: str = "How long a written fact stays retrievable") -> go.Figure:
     """Survival curves from :func:`memorylib.analysis.survival` results (``{name: result}``):
     the probability that the memory still returns a fact's value, against tokens since it was
-    written; solid for facts still true at that time, dashed for facts already overwritten.
-    Introduced in chapter 3."""
+    written (x: the first delta of each bin); solid for facts still true at that time, dashed for
+    facts already overwritten; error bars are 95 % Wilson intervals; bins with no probes are left
+    out. Two traces per result. Introduced in chapter 3."""
     fig = go.Figure()
     for i, (name, res) in enumerate(results.items()):
         colour = PALETTE[i % len(PALETTE)]
         for status, dash in (("live", "solid"), ("overwritten", "dash")):
-            part = res[status]
+            part, width = res[status], res.get("bin_width", 1)
             keep = [j for j, n in enumerate(part["n"]) if n > 0]
             x = [res["delta"][j] for j in keep]
             p = [part["p"][j] for j in keep]
@@ -334,8 +369,9 @@ def survival_figure(results: dict[str, dict], title: str = "How long a written f
                 error_y={"type": "data", "symmetric": False, "thickness": 0.8, "width": 0,
                          "array": [round(part["ci_high"][j] - part["p"][j], 4) for j in keep],
                          "arrayminus": [round(part["p"][j] - part["ci_low"][j], 4) for j in keep]},
-                customdata=[part["n"][j] for j in keep],
-                hovertemplate=f"{name} ({status})<br>%{{x}} tokens after the write: %{{y:.3f}} (n=%{{customdata}})<extra></extra>"))
+                customdata=[[x_ + width - 1, part["n"][j]] for x_, j in zip(x, keep)],
+                hovertemplate=f"{name} ({status})<br>%{{x}}–%{{customdata[0]}} tokens after the write: "
+                              "%{y:.3f} (n=%{customdata[1]})<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=title, height=400,
                       xaxis_title="tokens since the fact was written",
                       yaxis={"title": "P(memory still returns the value)", "range": [-0.02, 1.05]},

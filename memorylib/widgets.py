@@ -2,7 +2,7 @@
 
 Each widget is an ipywidgets control driving a pure function of :mod:`memorylib.figures`
 through ``ipywidgets.interactive_output``; the static book shows the same effect as a plotly
-slider over precomputed frames (``figures.window_slider_figure``).
+slider over precomputed frames (``figures.window_slider_figure``, ``figures.parameter_slider_figure``).
 """
 
 from __future__ import annotations
@@ -84,16 +84,25 @@ def memory_size(model, num_slots: int):
 
 
 def ablation_curve(model, task, num_slots: int, **eval_kwargs) -> dict:
-    """Evaluate ``model`` with ``num_slots`` slots: the pure function behind the live sliders
-    of chapters 2 and 3."""
+    """``evaluate(model, task, **eval_kwargs)`` with the memory resized to ``num_slots`` slots
+    (restored afterwards): the pure function behind the live controls of chapters 2 and 3.
+    Introduced in chapter 2."""
     with memory_size(model, num_slots):
         return evaluate(model, task, **eval_kwargs)
 
 
-def memory_size_explorer(model, task, sizes=(1, 2, 4, 8, 16, 32), reference: dict | None = None,
+def memory_size_explorer(model, task, sizes=(2, 4, 8, 16, 32), reference: dict | None = None,
                          num_examples: int = 256, seed: int = 0):
-    """A slider over the number of slots of a trained slot memory model, re-evaluated live.
-    Returns an ``ipywidgets.VBox``. Introduced in chapter 2."""
+    """A slider over the number of slots of a trained slot memory model, re-evaluated live
+    (:func:`ablation_curve`, drawn by ``figures.accuracy_by_distance_figure``).
+
+    Starts at the model's own size when it is one of ``sizes``. ``reference``: ``{name: result}``
+    curves drawn on every redraw. Returns an ``ipywidgets.VBox`` (slider, output). The static
+    book shows the same effect with ``figures.parameter_slider_figure(..., parameter="slots")``.
+    Introduced in chapter 2.
+    """
+    if not sizes:
+        raise ValueError("sizes must hold at least one number of slots")
     w = _ipywidgets()
     slider = w.SelectionSlider(options=[str(n) for n in sizes], value=str(model.num_slots)
                                if str(model.num_slots) in [str(n) for n in sizes] else str(sizes[0]),
@@ -111,11 +120,15 @@ def memory_size_explorer(model, task, sizes=(1, 2, 4, 8, 16, 32), reference: dic
 
 def ablation_explorer(models: dict, task, sizes=(2, 4, 8, 16), num_examples: int = 256, seed: int = 0):
     """Toggle buttons choose a trained model (e.g. erase on/off, a write policy) and a slider
-    sets its number of slots; accuracy by distance and the stale-answer rate are redrawn live.
-    ``models``: ``{name: trained model}``. Returns an ``ipywidgets.VBox``. Introduced in chapter 3."""
+    sets its number of slots (:func:`ablation_curve`); accuracy by distance is redrawn live with
+    the accuracy and the stale-answer rate in the title. ``models``: ``{name: trained model}``;
+    the slider starts at the last size. Returns an ``ipywidgets.VBox`` (buttons, slider,
+    output). Introduced in chapter 3."""
     w = _ipywidgets()
     if not models:
         raise ValueError("models must hold at least one trained model")
+    if not sizes:
+        raise ValueError("sizes must hold at least one number of slots")
     choice = w.ToggleButtons(options=list(models), description="model")
     slider = w.SelectionSlider(options=[str(n) for n in sizes], value=str(sizes[-1]), description="slots",
                                continuous_update=False)

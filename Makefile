@@ -24,7 +24,7 @@ book: venv
 
 # One pytest session: unit tests, papermill runs, nbval on the committed chapters, the browser.
 test: venv book
-	$(BIN)/python -m pytest --nbval $(SANITIZE) tests/ chapters/
+	$(BIN)/python -m pytest --nbval $(SANITIZE) --durations=15 tests/ chapters/
 
 # Re-execute the chapters and store their outputs (the book renders these).
 chapters: venv

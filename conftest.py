@@ -20,11 +20,13 @@ for var, sub in [("JUPYTER_CONFIG_DIR", "jupyter-config"), ("JUPYTER_DATA_DIR", 
     path = _scratch / sub
     path.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(var, str(path))
-# Same thread count as the reference machine, before torch is imported anywhere. MKL may otherwise
-# use fewer threads than asked when the machine is busy (MKL_DYNAMIC), which changes float32 sums
-# in their last bits and, over hundreds of training steps, every number nbval compares.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+# The book's numerical environment (memorylib/reproducible.py), before torch is imported anywhere:
+# a fixed thread count and the CPU code paths of MKL, ATen and oneDNN pinned, so that float32 sums,
+# and after hundreds of training steps every number nbval compares, are the same on any x86-64
+# machine with AVX2, Intel or AMD. Does not import torch.
+from memorylib import reproducible  # noqa: E402
+
+reproducible.apply()
 
 
 # --- chapter run times -----------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""The multi-seed sweeps behind chapters 2 and 3, too long to run inside a chapter.
+"""The multi-seed sweeps behind chapters 2, 3 and 4, too long to run inside a chapter.
 
     python experiments/slot_sweeps.py ch02            # writes book/results/ch02_slot_memory.json
     python experiments/slot_sweeps.py ch03            # writes book/results/ch03_erase_gates.json
+    python experiments/slot_sweeps.py ch04            # writes book/results/ch04_surprise.json
     python experiments/slot_sweeps.py ch03 --seeds 0  # one seed only (a quick look; not committed)
 
 Every row is one call of :func:`memorylib.experiments.run` (build a registered model with
 ``torch.manual_seed(seed)``, train, evaluate on held-out sequences) followed by the slot
 statistics of :mod:`memorylib.analysis`. Each chapter re-runs seed 0 of its main rows live and
-asserts it reproduces the row stored here. Runs on 2 threads, as the book does (float32 results
-change in their last bits with the thread count). The JSON records the command, the library and
+asserts it reproduces the row stored here. Runs in the book's numerical environment
+(:mod:`memorylib.reproducible`: 2 threads and pinned CPU code paths; float32 results change in
+their last bits with either), as the tests and the chapters do. The JSON records the command, the library and
 torch versions, and how long every row took. For chapter 3 the weights of each model's median
 seed are saved next to the JSON (``torch.load(..., weights_only=True)`` reads them back).
 """
@@ -17,24 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import platform
 import sys
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")     # as conftest.py: the thread count the book uses,
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")     # and no fewer when the machine is busy
-
-import torch  # noqa: E402
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from memorylib import reproducible  # noqa: E402  (no torch import)
+
+reproducible.apply()      # as conftest.py: the book's threads and CPU code paths, before torch loads
+
+import torch  # noqa: E402
 
 import memorylib  # noqa: E402
 from memorylib.analysis import slot_statistics  # noqa: E402
 from memorylib.experiments import run  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
+from memorylib.tasks import TaskMixture  # noqa: E402
 from memorylib.training import evaluate  # noqa: E402
 from memorylib.widgets import memory_size  # noqa: E402
 
@@ -76,17 +79,43 @@ CH03 = {
     "eval_slots": [8, 4],     # also evaluate the trained models with a smaller memory
 }
 
-SWEEPS = {"ch02": CH02, "ch03": CH03}
+NEEDLE_PREDICTABLE = ("needle_recall", dict(seq_len=96, filler="predictable"))
+NEEDLE_RANDOM = ("needle_recall", dict(seq_len=96, filler="random"))
+
+CH04 = {
+    "out": "book/results/ch04_surprise.json",
+    # one model per seed sees both haystacks, half the batches each
+    "train_task": ("mixture", [NEEDLE_PREDICTABLE, NEEDLE_RANDOM]),
+    "eval_tasks": {"train": None, "predictable": NEEDLE_PREDICTABLE, "random": NEEDLE_RANDOM,
+                   "predictable, 192 tokens": ("needle_recall", dict(seq_len=192, filler="predictable"))},
+    "steps": 300, "batch_size": 64, "lr": 1e-2, "warmup": 50, "pretrain": None,
+    "rows": [
+        ("surprise only", "surprise_only", {"num_slots": 4}),
+        ("learned gate x surprise", "surprise_memory", {"num_slots": 4}),
+        ("momentum surprise", "momentum_surprise", {"num_slots": 4}),
+        ("no_surprise", "no_surprise", {"num_slots": 4}),
+    ],
+    "checkpoints": ["surprise only", "learned gate x surprise", "momentum surprise", "no_surprise"],
+}
+
+SWEEPS = {"ch02": CH02, "ch03": CH03, "ch04": CH04}
+
+
+def task_from(entry):
+    """A task from a sweep entry: ``(name, kwargs)``, or ``("mixture", [entries])``."""
+    if entry[0] == "mixture":
+        return TaskMixture([task_from(e) for e in entry[1]])
+    return build_task(entry[0], **entry[1])
 
 
 def build_tasks(spec: dict) -> tuple:
     """(train task, {name: eval task}, pretrain dict or None) of a sweep spec."""
-    train_task = build_task(spec["train_task"][0], **spec["train_task"][1])
-    evals = {label: train_task if entry is None else build_task(entry[0], **entry[1])
+    train_task = task_from(spec["train_task"])
+    evals = {label: train_task if entry is None else task_from(entry)
              for label, entry in spec["eval_tasks"].items()}
     pre = spec["pretrain"]
     if pre is not None:
-        pre = {**pre, "task": build_task(pre["task"][0], **pre["task"][1])}
+        pre = {**pre, "task": task_from(pre["task"])}
     return train_task, evals, pre
 
 
@@ -133,7 +162,7 @@ def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
     return {
         "command": "python experiments/slot_sweeps.py " + " ".join(sys.argv[1:]),
         "memorylib": memorylib.__version__, "torch": torch.__version__.split("+")[0],
-        "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "python": platform.python_version(), "threads": torch.get_num_threads(), "numeric_env": reproducible.NUMERIC_ENV,
         "seeds": seeds, "num_examples": num_examples,
         "train_task": train_task.config(), "eval_tasks": {n: t.config() for n, t in evals.items()},
         "steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"], "warmup": spec["warmup"],

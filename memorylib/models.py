@@ -20,6 +20,7 @@ from torch import nn
 
 from .registry import register_model
 from .slot_memory import SlotMemory, address
+from .surprise import SURPRISE_KINDS, momentum_surprise, surprise_gate, token_surprise
 from .tasks import TokenLayout
 
 DEFAULT_WINDOW = 16
@@ -197,14 +198,14 @@ class SlotMemoryModel(LocalFeatures):
                  num_heads: int = 4, window: int = DEFAULT_WINDOW, num_slots: int = 16, slot_dim: int = 32,
                  memory_heads: int = 1, top_k: int | None = None, write_policy: str = "content",
                  fixed_erase: float | None = None, bottleneck: int | None = None, decay: bool = False,
-                 utilization_weight: float = 0.0, seed: int = 0):
+                 utilization_weight: float = 0.0, seed: int = 0, fixed_write: float | None = None):
         if window is None:
             raise ValueError("a slot memory model needs an int window >= 1 for its local attention")
         super().__init__(vocab_size, d_model, num_layers, num_heads, window)
         self.memory = SlotMemory(d_model, num_slots=num_slots, slot_dim=slot_dim, num_heads=memory_heads,
                                  top_k=top_k, write_policy=write_policy, fixed_erase=fixed_erase,
                                  bottleneck=bottleneck, decay=decay, utilization_weight=utilization_weight,
-                                 seed=seed)
+                                 seed=seed, fixed_write=fixed_write)
         self.fuse = nn.Linear(memory_heads * slot_dim, d_model)
         self.norm_mlp = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
@@ -225,10 +226,19 @@ class SlotMemoryModel(LocalFeatures):
         x = x + self.mlp(self.norm_mlp(x))
         return self.head(self.norm(x))
 
+    def write_scale(self, tokens: torch.Tensor, h: torch.Tensor, trace: dict | None = None):
+        """A (batch, seq_len) factor on the memory's write gate, or None (here: none; chapter 4's
+        :class:`SurpriseMemoryModel` gates writes by surprise). ``trace``, when given, is a dict
+        the model may add per-token signals to."""
+        return None
+
     def forward(self, tokens: torch.Tensor, return_trace: bool = False):
         h = self.features(tokens)
-        reads, _, trace = self.memory(h, trace=return_trace)
+        extra = {} if return_trace else None
+        reads, _, trace = self.memory(h, trace=return_trace, write_scale=self.write_scale(tokens, h, extra))
         logits = self.predict_from(h, reads)
+        if return_trace:
+            trace.update(extra)
         return (logits, trace) if return_trace else logits
 
     def auxiliary_loss(self) -> torch.Tensor:
@@ -248,7 +258,7 @@ class SlotMemoryModel(LocalFeatures):
         layout = layout or TokenLayout()
         B, P = probe_keys.shape
         h = self.features(tokens)
-        _, _, tr = self.memory(h, trace=True, keep_states=True)
+        _, _, tr = self.memory(h, trace=True, keep_states=True, write_scale=self.write_scale(tokens, h))
         keys, values = tr["keys"], tr["values"]                             # (B, T, S, D)
         filler = torch.arange(3) % layout.num_filler + layout.filler_start
         snippet = torch.cat([filler.expand(B * P, 3), torch.full((B * P, 1), layout.ASK),
@@ -283,3 +293,82 @@ register_model("random_write")(_slot(write_policy="random"))
 register_model("lru_memory")(_slot(write_policy="lru"))
 register_model("topk_lru_memory")(_slot(memory_heads=4, top_k=2, write_policy="lru", bottleneck=16,
                                         utilization_weight=0.1))
+
+
+# --- surprise (chapter 4) --------------------------------------------------------------------
+
+
+class SurpriseMemoryModel(SlotMemoryModel):
+    """The slot memory model with writes gated by surprise. Introduced in chapter 4.
+
+    A prediction head ``predictor`` reads the local features ``h_{t-1}`` and predicts ``x_t``;
+    an auxiliary next-token loss on every position (weight ``aux_weight``, added by
+    :func:`~memorylib.training.train` through :meth:`auxiliary_loss`) trains it. The surprise of
+    ``x_t`` (:func:`~memorylib.surprise.token_surprise`, ``kind`` "prob" or "nll"), optionally
+    carried with ``momentum`` (:func:`~memorylib.surprise.momentum_surprise`), becomes a gate
+    ``sigmoid((S_t - threshold) / temperature)`` that multiplies the write gate at ``t``.
+
+    ``surprise=False`` is the ``no_surprise`` ablation: the same model, head and auxiliary loss,
+    with the gate removed. ``fixed_write=1.0`` pins the learned write gate open, so that surprise
+    alone decides what is written. ``threshold`` and ``temperature`` are plain attributes: a
+    trained model can be run with other values (chapter 4's slider).
+
+    The trace (``return_trace=True``) adds ``surprise`` (the momentary ``s_t``), ``carried``
+    (``S_t``) and ``surprise_gate``, each (batch, seq_len).
+    """
+
+    def __init__(self, *, surprise: bool = True, kind: str = "prob", momentum: float = 0.0,
+                 threshold: float = 0.5, temperature: float = 0.1, aux_weight: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in SURPRISE_KINDS:
+            raise ValueError(f"kind must be one of {SURPRISE_KINDS}, got {kind!r}")
+        if not (isinstance(aux_weight, (int, float)) and aux_weight >= 0):
+            raise ValueError(f"aux_weight must be a number >= 0, got {aux_weight!r}")
+        momentum_surprise(torch.zeros(1, 1), momentum)            # validates momentum
+        surprise_gate(torch.zeros(1), threshold, temperature)     # validates threshold, temperature
+        self.surprise, self.kind, self.momentum = bool(surprise), kind, float(momentum)
+        self.threshold, self.temperature, self.aux_weight = float(threshold), float(temperature), float(aux_weight)
+        d_model = self.embed.embedding_dim
+        self.predictor = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, self.vocab_size))
+        self._aux = None
+
+    def surprise_signals(self, tokens: torch.Tensor, h: torch.Tensor) -> dict:
+        """``{"logits", "surprise", "carried", "gate"}`` for features ``h`` of ``tokens``; ``logits``
+        (batch, seq_len, vocab) are the head's next-token predictions, the others (batch, seq_len)."""
+        logits = self.predictor(h)
+        s = token_surprise(logits.detach(), tokens, self.kind)
+        carried = momentum_surprise(s, self.momentum)
+        return {"logits": logits, "surprise": s, "carried": carried,
+                "gate": surprise_gate(carried, self.threshold, self.temperature)}
+
+    def write_scale(self, tokens, h, trace=None):
+        sig = self.surprise_signals(tokens, h)
+        if torch.is_grad_enabled() and self.aux_weight > 0 and tokens.shape[1] > 1:
+            self._aux = self.aux_weight * F.cross_entropy(
+                sig["logits"][:, :-1].reshape(-1, self.vocab_size), tokens[:, 1:].reshape(-1))
+        else:
+            self._aux = None
+        if trace is not None:
+            trace.update(surprise=sig["surprise"], carried=sig["carried"], surprise_gate=sig["gate"])
+        return sig["gate"] if self.surprise else None
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """The memory's utilization loss plus the next-token loss of the prediction head for the
+        last forward pass with gradients on."""
+        aux = super().auxiliary_loss()
+        return aux if self._aux is None else aux + self._aux
+
+
+def _surprise(**defaults):
+    def factory(**kwargs):
+        for key in defaults:
+            if key in kwargs and kwargs[key] != defaults[key]:
+                raise ValueError(f"this model fixes {key}={defaults[key]!r}; got {key}={kwargs[key]!r}")
+        return SurpriseMemoryModel(**{**defaults, **kwargs})
+    return factory
+
+
+register_model("surprise_memory")(_surprise())
+register_model("no_surprise")(_surprise(surprise=False))
+register_model("momentum_surprise")(_surprise(momentum=0.5))
+register_model("surprise_only")(_surprise(fixed_write=1.0))

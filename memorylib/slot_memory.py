@@ -155,7 +155,8 @@ class SlotMemory(nn.Module):
     per slot.
 
     Options: ``num_heads`` read heads; ``top_k`` sparse reads; ``write_policy`` (module
-    docstring); ``fixed_erase`` pins the erase gate (``0.0`` is the ``no_forget`` ablation);
+    docstring); ``fixed_erase`` pins the erase gate (``0.0`` is the ``no_forget`` ablation) and
+    ``fixed_write`` the write gate (chapter 4: ``1.0`` leaves the decision to surprise alone);
     ``bottleneck`` compresses what is written through an MLP of that width; ``decay`` adds a
     learned per-slot decay of values; ``utilization_weight`` > 0 adds a loss that rewards writes
     spread evenly over the slots (:meth:`utilization_loss`).
@@ -164,7 +165,7 @@ class SlotMemory(nn.Module):
     def __init__(self, d_model: int, num_slots: int = 16, slot_dim: int = 32, num_heads: int = 1,
                  top_k: int | None = None, write_policy: str = "content", fixed_erase: float | None = None,
                  bottleneck: int | None = None, decay: bool = False, utilization_weight: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, fixed_write: float | None = None):
         super().__init__()
         _check("d_model", d_model, 1)
         _check("num_slots", num_slots, 1)
@@ -177,10 +178,13 @@ class SlotMemory(nn.Module):
             raise ValueError(f"write_policy must be one of {WRITE_POLICIES}, got {write_policy!r}")
         if fixed_erase is not None and not (isinstance(fixed_erase, (int, float)) and 0.0 <= fixed_erase <= 1.0):
             raise ValueError(f"fixed_erase must be None (learned) or a number in [0, 1], got {fixed_erase!r}")
+        if fixed_write is not None and not (isinstance(fixed_write, (int, float)) and 0.0 <= fixed_write <= 1.0):
+            raise ValueError(f"fixed_write must be None (learned) or a number in [0, 1], got {fixed_write!r}")
         if not (isinstance(utilization_weight, (int, float)) and utilization_weight >= 0):
             raise ValueError(f"utilization_weight must be a number >= 0, got {utilization_weight!r}")
         self.num_slots, self.slot_dim, self.num_heads, self.top_k = num_slots, slot_dim, num_heads, top_k
         self.write_policy, self.fixed_erase, self.seed = write_policy, fixed_erase, seed
+        self.fixed_write = fixed_write
         self.utilization_weight = float(utilization_weight)
         self.query = nn.Linear(d_model, num_heads * slot_dim)
         self.key = nn.Linear(d_model, slot_dim)
@@ -224,9 +228,10 @@ class SlotMemory(nn.Module):
         logits = self.gates(h)
         g = torch.sigmoid(logits)
         erase = g[..., 1] if self.fixed_erase is None else torch.full_like(g[..., 1], float(self.fixed_erase))
+        gate = g[..., 0] if self.fixed_write is None else torch.full_like(g[..., 0], float(self.fixed_write))
         return {"query": self.query(h).view(B, T, self.num_heads, self.slot_dim),
                 "key": torch.tanh(self.key(h)), "value": torch.tanh(self.value(h)),
-                "write_gate": g[..., 0], "erase": erase, "read_gate": g[..., 2], "alloc": logits[..., 3]}
+                "write_gate": gate, "erase": erase, "read_gate": g[..., 2], "alloc": logits[..., 3]}
 
     def _check_slots(self):
         _check("num_slots", self.num_slots, 1)
@@ -236,7 +241,7 @@ class SlotMemory(nn.Module):
         # top_k >= num_slots is allowed (the read is then dense), so a size slider can go below top_k
 
     def forward(self, h: torch.Tensor, state: SlotState | None = None, trace: bool = False,
-                keep_states: bool = False):
+                keep_states: bool = False, write_scale: torch.Tensor | None = None):
         """Run the memory over ``h: (batch, seq_len, d_model)``, reading then writing at each token.
 
         Returns ``(reads, state, trace)``. ``reads``: (batch, seq_len, num_heads * slot_dim). With
@@ -246,12 +251,20 @@ class SlotMemory(nn.Module):
         ``erase``, ``read_gate``; ``keep_states=True`` adds the memory after every step,
         ``keys``/``values`` (batch, seq_len, num_slots, slot_dim). Otherwise ``trace`` is None and
         nothing extra is kept.
+
+        ``write_scale`` (optional, (batch, seq_len) in [0, 1]) multiplies the write gate at every
+        token (chapter 4's surprise gate); the trace's ``write_gate`` is the product.
         """
         if h.dim() != 3:
             raise ValueError(f"h must have shape (batch, seq_len, d_model), got {tuple(h.shape)}")
         self._check_slots()
         B, T, _ = h.shape
         p = self.projections(h)
+        if write_scale is not None:
+            if write_scale.shape != (B, T):
+                raise ValueError(f"write_scale must have shape (batch, seq_len) = {(B, T)}, "
+                                 f"got {tuple(write_scale.shape)}")
+            p["write_gate"] = p["write_gate"] * write_scale
         state = state if state is not None else self.initial_state(B, h.device, h.dtype)
         if state.num_slots != self.num_slots:
             raise ValueError(f"state has {state.num_slots} slots, the memory {self.num_slots}")

@@ -5,6 +5,10 @@ Builds the book once (tools/build_book.py, the same build as `make book`), serve
 driven by playwright. Every request leaving localhost is blocked and recorded, so a page that
 works here works with no network.
 
+The fixtures are module-scoped: Chromium, playwright's driver and the server are gone before the
+next test file runs, so nothing of theirs shares the two cores with the notebook kernels (or
+with playwright's event loop, in the process that runs papermill).
+
 Needs /usr/bin/chromium (`apt-get install chromium`) and the `playwright` package; without them
 the tests skip, unless MEMORYLIB_REQUIRE_BROWSER=1 (CI), where they fail.
 """
@@ -57,7 +61,7 @@ def unavailable(reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_api():
     """playwright's sync API, or a skip/fail saying how to get a browser."""
     if not CHROMIUM.exists():
@@ -70,7 +74,7 @@ def playwright_api():
         yield api
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(playwright_api, tmp_path_factory):
     """Build the book and serve it; yields the base URL (http://127.0.0.1:PORT/)."""
     build = subprocess.run([sys.executable, str(ROOT / "tools" / "build_book.py")], cwd=ROOT,
@@ -91,7 +95,7 @@ def site(playwright_api, tmp_path_factory):
     server.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_api, tmp_path_factory):
     """A Chromium context with a fresh profile and home dirs, all under pytest's tmp dir."""
     home = tmp_path_factory.mktemp("chromium-home")

@@ -53,7 +53,8 @@ def test_committed_notebook_is_executed_in_order_and_clean(path):
 def test_chapter_runs_fast_under_papermill(path, tmp_path):
     start = time.perf_counter()
     papermill.execute_notebook(str(path), str(tmp_path / path.name), parameters={"FAST": True},
-                               cwd=str(path.parent), kernel_name="python3", progress_bar=False)
+                               cwd=str(path.parent), kernel_name="python3", progress_bar=False,
+                               execution_timeout=600, start_timeout=120)
     seconds = time.perf_counter() - start
     chapter_times.setdefault(path.name, {})["fast"] = seconds
     # Not asserted: wall time depends on what else the machine runs (a timed test flakes). The

@@ -1,0 +1,52 @@
+"""The numerical environment the book's committed numbers were produced in.
+
+Float32 sums come out in a different last bit when the machine picks a different code path, and
+over hundreds of training steps such bits change every number a chapter prints. Three libraries
+inside torch pick their code path by the CPU they find: MKL (matrix products; it takes different
+paths on Intel and AMD processors), ATen's vectorized kernels (AVX2 or AVX-512) and oneDNN. The
+variables below pin all three to paths every x86-64 machine with AVX2 runs identically, and fix
+the thread count (2, the book's reference machine; partial sums depend on it) without letting
+MKL drop threads when the machine is busy:
+
+* ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, the branch that gives the
+  same results on Intel and non-Intel CPUs (no measurable slowdown for the book's small models);
+* ``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: no AVX-512 kernels;
+* ``OMP_NUM_THREADS=2``, ``MKL_DYNAMIC=FALSE``;
+* ``OMP_WAIT_POLICY=PASSIVE``: idle threads sleep instead of spinning. It changes no number and
+  costs nothing alone, but two torch processes sharing two cores (a test session and a notebook
+  kernel) then run at half speed each instead of a third.
+
+They are read when torch loads, so they must be set before ``import torch``: the tests
+(``conftest.py``), ``tools/execute_chapters.py`` and the sweeps in ``experiments/`` call
+:func:`apply` first, and the notebook kernels they start inherit it. A reader's Jupyter or Colab
+kernel does not have them: numbers there can differ from the committed ones in late digits,
+which is why chapters compare a live run with a committed sweep exactly only in this environment
+(:func:`is_reference`). This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+NUMERIC_ENV = {
+    "OMP_NUM_THREADS": "2",
+    "MKL_DYNAMIC": "FALSE",
+    "MKL_CBWR": "COMPATIBLE",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def apply(environ=None) -> dict:
+    """Set every variable of :data:`NUMERIC_ENV` in ``environ`` (default ``os.environ``),
+    overriding other values. Returns the variables set."""
+    environ = os.environ if environ is None else environ
+    environ.update(NUMERIC_ENV)
+    return dict(NUMERIC_ENV)
+
+
+def is_reference(environ=None) -> bool:
+    """True when this process runs with the book's numerical environment (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    return all(environ.get(k) == v for k, v in NUMERIC_ENV.items())

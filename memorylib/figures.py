@@ -377,3 +377,142 @@ def survival_figure(results: dict[str, dict], title: str = "How long a written f
                       yaxis={"title": "P(memory still returns the value)", "range": [-0.02, 1.05]},
                       legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+# --- surprise (chapter 4) --------------------------------------------------------------------
+
+
+def accuracy_curve_figure(curves: dict[str, dict], x_title: str, chance: float | None = None,
+                          title: str | None = None, log_x: bool = False) -> go.Figure:
+    """Held-out accuracy (with its 95 % bootstrap interval) against any parameter, one line per
+    model. curves: ``{name: {x: evaluate(...) result}}``. Introduced in chapter 4 (accuracy
+    against needle depth and against the surprise threshold); :func:`capacity_figure` is the
+    same plot against the number of slots."""
+    fig = go.Figure()
+    for i, (name, by_x) in enumerate(curves.items()):
+        xs = sorted(by_x)
+        acc = [by_x[x]["accuracy"] for x in xs]
+        fig.add_trace(go.Scatter(
+            x=xs, y=acc, name=name, mode="lines+markers", line={"color": PALETTE[i % len(PALETTE)]},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [round(by_x[x]["ci"][1] - a, 4) for x, a in zip(xs, acc)],
+                     "arrayminus": [round(a - by_x[x]["ci"][0], 4) for x, a in zip(xs, acc)]},
+            hovertemplate=f"{name}<br>{x_title} %{{x}}: accuracy %{{y:.3f}}<extra></extra>"))
+    if chance is not None:
+        fig.add_hline(y=chance, line={"dash": "dash", "color": "#888"},
+                      annotation_text="chance", annotation_position="bottom right")
+    fig.update_layout(template=TEMPLATE, title=title, height=360,
+                      xaxis={"title": x_title, "type": "log" if log_x else "linear"},
+                      yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def surprise_trace_figure(traces: dict[str, dict], tokens: dict, index: int = 0, threshold: float | None = None,
+                          layout: TokenLayout | None = None, title: str | None = None,
+                          max_labels: int = 96) -> go.Figure:
+    """Surprise and write strength token by token, one panel per sequence. Introduced in chapter 4.
+
+    traces: ``{name: trace}`` from ``model(tokens, return_trace=True)`` of a
+    :class:`~memorylib.models.SurpriseMemoryModel` (``surprise``, ``carried``, ``write_gate``,
+    each (batch, seq_len)); tokens: ``{name: (batch, seq_len) tokens}``; ``index`` picks the
+    sequence. Lines: the momentary surprise ``s_t``, the carried surprise ``S_t`` when it differs
+    (momentum), and the write gate the memory used; a dashed line marks ``threshold``. Fact and
+    query cells are shaded.
+    """
+    layout = layout or TokenLayout()
+    if set(traces) != set(tokens):
+        raise ValueError(f"traces and tokens must have the same names, got {sorted(traces)} and {sorted(tokens)}")
+    fig = make_subplots(rows=len(traces), cols=1, vertical_spacing=0.16, subplot_titles=list(traces))
+    for row, (name, tr) in enumerate(traces.items(), start=1):
+        toks = tokens[name][index].tolist()
+        if not 0 <= index < tokens[name].shape[0]:
+            raise ValueError(f"index must be in [0, {tokens[name].shape[0]}), got {index}")
+        pos, labels = list(range(len(toks))), [layout.label(t) for t in toks]
+        lines = [("surprise", "surprise s_t", PALETTE[1], None)]
+        if not bool((tr["carried"] == tr["surprise"]).all()):
+            lines.append(("carried", "carried surprise S_t", PALETTE[4], "dot"))
+        lines.append(("write_gate", "write strength", PALETTE[0], None))
+        for key, label, colour, dash in lines:
+            fig.add_trace(go.Scatter(x=pos, y=_r(tr[key][index]), customdata=labels, name=label, mode="lines",
+                                     line={"color": colour, "width": 1.5, "dash": dash}, legendgroup=label,
+                                     showlegend=row == 1,
+                                     hovertemplate=f"position %{{x}}: %{{customdata}}<br>{label} %{{y:.3f}}<extra></extra>"),
+                          row=row, col=1)
+        for p, t in enumerate(toks):
+            if t in (layout.SET, layout.ASK) and p + 2 < len(toks):
+                fig.add_vrect(x0=p - 0.5, x1=p + 2.5, fillcolor="#fdd0a2" if t == layout.SET else "#c6dbef",
+                              opacity=0.5, line_width=0, row=row, col=1)
+        if threshold is not None:
+            fig.add_hline(y=threshold, line={"dash": "dash", "color": "#888", "width": 1}, row=row, col=1)
+        tickvals, ticktext = _cell_ticks(toks, layout, max_labels)
+        fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=-90,
+                         tickfont={"size": 8}, row=row, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=300 * len(traces) + 80,
+                      legend={"orientation": "h", "y": -0.2}, margin={"l": 50, "r": 20, "t": 70, "b": 80})
+    return fig
+
+
+def surprise_scatter_figure(points: dict[str, dict], title: str | None = None) -> go.Figure:
+    """Write strength against surprise, one point per token. Introduced in chapter 4.
+
+    points: ``{name: {"surprise": [...], "write": [...], "role": [...]}}`` (one panel per name;
+    ``role`` a label per token, e.g. "needle" or "filler", one colour each).
+    """
+    fig = make_subplots(rows=1, cols=len(points), subplot_titles=list(points), shared_yaxes=True)
+    roles = sorted({r for p in points.values() for r in p["role"]})
+    for col, (name, p) in enumerate(points.items(), start=1):
+        if not len(p["surprise"]) == len(p["write"]) == len(p["role"]):
+            raise ValueError(f"{name}: surprise, write and role must have the same length")
+        for i, role in enumerate(roles):
+            sel = [j for j, r in enumerate(p["role"]) if r == role]
+            fig.add_trace(go.Scatter(x=_r([p["surprise"][j] for j in sel]), y=_r([p["write"][j] for j in sel]),
+                                     mode="markers", name=role, legendgroup=role, showlegend=col == 1,
+                                     marker={"color": PALETTE[i % len(PALETTE)], "size": 5, "opacity": 0.6},
+                                     hovertemplate=f"{role}<br>surprise %{{x:.3f}}<br>write %{{y:.3f}}<extra></extra>"),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="surprise", row=1, col=col)
+    fig.update_yaxes(title_text="write strength", range=[-0.05, 1.05], row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dict | None = None,
+                            title: str = "Surprise threshold") -> go.Figure:
+    """A slider over surprise thresholds that works in a static page. Introduced in chapter 4.
+
+    surprise: ``{name: [surprise per token]}`` for one sequence per panel (drawn on every step);
+    gates: ``{threshold: {name: [write strength per token]}}``; summary: ``{threshold: text}``
+    shown in the title at that step (e.g. the accuracy measured with that threshold).
+    """
+    if not gates:
+        raise ValueError("gates must hold at least one threshold")
+    names = list(surprise)
+    thresholds = list(gates)
+    fig = make_subplots(rows=len(names), cols=1, vertical_spacing=0.14, subplot_titles=names)
+    for row, name in enumerate(names, start=1):
+        fig.add_trace(go.Scatter(y=_r(surprise[name]), name="surprise", mode="lines", legendgroup="surprise",
+                                 showlegend=row == 1, line={"color": PALETTE[1], "width": 1.5}), row=row, col=1)
+    n_fixed = len(fig.data)
+    for j, thr in enumerate(thresholds):
+        for row, name in enumerate(names, start=1):
+            fig.add_trace(go.Scatter(y=_r(gates[thr][name]), name="write strength", mode="lines",
+                                     legendgroup="write", showlegend=row == 1, visible=j == 0,
+                                     line={"color": PALETTE[0], "width": 1.5}), row=row, col=1)
+    steps = []
+    for j, thr in enumerate(thresholds):
+        visible = [True] * n_fixed + [k // len(names) == j for k in range(len(thresholds) * len(names))]
+        shapes = [{"type": "line", "x0": 0, "x1": 1, "xref": f"x{'' if r == 1 else r} domain",
+                   "yref": f"y{'' if r == 1 else r}", "y0": thr, "y1": thr,
+                   "line": {"dash": "dash", "color": "#888", "width": 1}} for r in range(1, len(names) + 1)]
+        text = f"{title}: threshold {thr}" + (f" | {summary[thr]}" if summary and thr in summary else "")
+        steps.append({"method": "update", "label": str(thr),
+                      "args": [{"visible": visible}, {"shapes": shapes, "title.text": text}]})
+    fig.update_layout(template=TEMPLATE, height=300 * len(names) + 140, title=steps[0]["args"][1]["title.text"],
+                      shapes=steps[0]["args"][1]["shapes"],
+                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "threshold: "},
+                                "pad": {"t": 40}}],
+                      legend={"orientation": "h", "y": 1.08}, margin={"l": 50, "r": 20, "t": 90, "b": 40})
+    fig.update_yaxes(range=[-0.05, 1.05])
+    fig.update_xaxes(title_text="token position", row=len(names), col=1)
+    return fig

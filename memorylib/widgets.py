@@ -143,3 +143,60 @@ def ablation_explorer(models: dict, task, sizes=(2, 4, 8, 16), num_examples: int
 
     out = w.interactive_output(draw, {"name": choice, "slots": slider})
     return w.VBox([choice, slider, out])
+
+
+@contextmanager
+def surprise_settings(model, threshold: float | None = None, temperature: float | None = None):
+    """Temporarily set the surprise gate of a :class:`~memorylib.models.SurpriseMemoryModel`."""
+    old = model.threshold, model.temperature
+    if threshold is not None:
+        model.threshold = float(threshold)
+    if temperature is not None:
+        model.temperature = float(temperature)
+    try:
+        yield model
+    finally:
+        model.threshold, model.temperature = old
+
+
+def threshold_curve(model, task, threshold: float, **eval_kwargs) -> dict:
+    """Evaluate a surprise-gated model with its surprise threshold set to ``threshold``."""
+    with surprise_settings(model, threshold=threshold):
+        return evaluate(model, task, **eval_kwargs)
+
+
+def surprise_explorer(model, tasks: dict, thresholds=(0.1, 0.3, 0.5, 0.7, 0.9, 0.98), num_examples: int = 256,
+                      seed: int = 0):
+    """A slider over the surprise threshold of a trained surprise-gated model; for each haystack
+    in ``tasks`` (``{name: task}``) the surprise and write strength of one sequence are redrawn
+    (``figures.surprise_trace_figure``) with the held-out accuracy at that threshold in the
+    title. A second slider sets the temperature. Returns an ``ipywidgets.VBox``. The static
+    book shows the same effect with ``figures.threshold_slider_figure``. Introduced in chapter 4."""
+    import torch
+
+    from .figures import surprise_trace_figure
+
+    w = _ipywidgets()
+    if not tasks:
+        raise ValueError("tasks must hold at least one task")
+    if not thresholds:
+        raise ValueError("thresholds must hold at least one value")
+    slider = w.SelectionSlider(options=[str(t) for t in thresholds], value=str(thresholds[len(thresholds) // 2]),
+                               description="threshold", continuous_update=False)
+    temp = w.SelectionSlider(options=["0.02", "0.05", "0.1", "0.2", "0.5"], value=str(model.temperature)
+                             if str(model.temperature) in ("0.02", "0.05", "0.1", "0.2", "0.5") else "0.1",
+                             description="temperature", continuous_update=False)
+    batches = {name: task.sample(1, seed=seed) for name, task in tasks.items()}
+
+    def draw(threshold: str, temperature: str):
+        thr, tmp = float(threshold), float(temperature)
+        with surprise_settings(model, threshold=thr, temperature=tmp), torch.no_grad():
+            traces = {name: model(b.tokens, return_trace=True)[1] for name, b in batches.items()}
+            accs = {name: evaluate(model, task, num_examples=num_examples, seed=seed)["accuracy"]
+                    for name, task in tasks.items()}
+        text = ", ".join(f"{name} {a:.3f}" for name, a in accs.items())
+        surprise_trace_figure(traces, {n: b.tokens for n, b in batches.items()}, threshold=thr,
+                              title=f"threshold {thr}, temperature {tmp}: accuracy {text}").show()
+
+    out = w.interactive_output(draw, {"threshold": slider, "temperature": temp})
+    return w.VBox([w.HBox([slider, temp]), out])

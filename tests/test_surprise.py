@@ -159,3 +159,64 @@ def test_auxiliary_loss_trains_the_prediction_head_only_with_gradients_on():
 def test_bad_surprise_options_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model("surprise_memory", **kwargs)
+
+
+# --- chapter 4's figures and controls ---------------------------------------------------------
+
+
+def _traced(name="surprise_only"):
+    torch.manual_seed(0)
+    model = build_model(name, num_slots=4).eval()
+    tokens = build_task("needle_recall", seq_len=48, min_distance=18).sample(2, seed=4).tokens
+    with torch.no_grad():
+        _, trace = model(tokens, return_trace=True)
+    return model, tokens, trace
+
+
+def test_surprise_trace_figure_draws_surprise_and_writes_per_panel():
+    from memorylib.figures import surprise_trace_figure
+
+    _, tokens, trace = _traced("momentum_surprise")
+    fig = surprise_trace_figure({"a": trace, "b": trace}, {"a": tokens, "b": tokens}, threshold=0.5)
+    names = [t.name for t in fig.data]
+    # momentum: the carried surprise differs from the momentary one and gets its own line
+    assert names == ["surprise s_t", "carried surprise S_t", "write strength"] * 2
+    assert fig.data[2].y == tuple(round(float(v), 3) for v in trace["write_gate"][0])
+    _, _, plain = _traced("surprise_only")
+    assert len(surprise_trace_figure({"a": plain}, {"a": tokens}).data) == 2
+    with pytest.raises(ValueError, match="same names"):
+        surprise_trace_figure({"a": trace}, {"b": tokens})
+
+
+def test_threshold_slider_figure_has_one_step_per_threshold():
+    from memorylib.figures import threshold_slider_figure
+
+    s = {"p": [0.1, 0.9, 0.2], "r": [0.9, 0.9, 0.9]}
+    gates = {0.3: {"p": [0.0, 1.0, 0.0], "r": [1.0, 1.0, 1.0]}, 0.95: {"p": [0.0, 0.1, 0.0], "r": [0.1, 0.1, 0.1]}}
+    fig = threshold_slider_figure(s, gates, {0.3: "acc 1.0", 0.95: "acc 0.0"})
+    steps = fig.layout.sliders[0].steps
+    assert [st.label for st in steps] == ["0.3", "0.95"]
+    # 2 fixed surprise lines, then 2 gate lines per threshold; each step shows its own pair
+    assert steps[1].args[0]["visible"] == [True, True, False, False, True, True]
+    assert "acc 0.0" in steps[1].args[1]["title.text"] and steps[1].args[1]["shapes"][0]["y0"] == 0.95
+    with pytest.raises(ValueError, match="at least one threshold"):
+        threshold_slider_figure(s, {})
+
+
+def test_surprise_scatter_rejects_ragged_points():
+    from memorylib.figures import surprise_scatter_figure
+
+    fig = surprise_scatter_figure({"m": {"surprise": [0.1, 0.9], "write": [0.0, 1.0], "role": ["filler", "needle"]}})
+    assert {t.name for t in fig.data} == {"filler", "needle"}
+    with pytest.raises(ValueError, match="same length"):
+        surprise_scatter_figure({"m": {"surprise": [0.1], "write": [0.0, 1.0], "role": ["filler"]}})
+
+
+def test_surprise_settings_restore_and_threshold_changes_what_is_written():
+    from memorylib.widgets import surprise_settings
+
+    model, tokens, trace = _traced()
+    with surprise_settings(model, threshold=0.99, temperature=0.01), torch.no_grad():
+        _, high = model(tokens, return_trace=True)
+    assert model.threshold == 0.5 and model.temperature == 0.1
+    assert float(high["write_gate"].sum()) < float(trace["write_gate"].sum())

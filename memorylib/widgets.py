@@ -1,14 +1,23 @@
 """Live controls for Jupyter and Colab. Introduced in chapter 1.
 
-Each widget is an ipywidgets control driving a pure function of :mod:`memorylib.figures`
-through ``ipywidgets.interactive_output``; the static book shows the same effect as a plotly
-slider over precomputed frames (``figures.window_slider_figure``, ``figures.parameter_slider_figure``).
+Each widget is an ipywidgets control driving a pure function of :mod:`memorylib.figures`, drawn
+into an ``ipywidgets.Output`` whenever a control moves (:func:`live_output`); the static book
+shows the same effect as a plotly slider over precomputed frames
+(``figures.window_slider_figure``, ``figures.parameter_slider_figure``).
+
+When the book's outputs are produced (``MEMORYLIB_BOOK=1``: papermill, nbval, CI) the first
+drawing is skipped. Headless executors (nbclient, behind papermill and nbval) emulate the Output
+widget's capture of displays themselves, and with ``interactive_output`` that intermittently
+deadlocks: the kernel finishes the cell and the executor waits forever (jupyter/nbclient#312,
+jupyter/nbconvert#1921; it hung this book's CI). The saved widget is then the controls over an
+empty output, which the static book could not redraw anyway.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+from .book import book_mode
 from .figures import accuracy_by_distance_figure
 from .training import evaluate
 
@@ -19,6 +28,25 @@ def _ipywidgets():
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("memorylib.widgets needs ipywidgets: pip install 'memorylib[widgets]'") from err
     return ipywidgets
+
+
+def live_output(draw, controls: dict):
+    """An ``ipywidgets.Output`` that shows ``draw(**{name: control.value})`` and redraws it
+    whenever a control in ``controls`` (``{name: widget}``) changes value. The first drawing is
+    made at once, except when the book's outputs are being produced (module docstring)."""
+    w = _ipywidgets()
+    out = w.Output()
+
+    def redraw(change=None):
+        with out:
+            out.clear_output(wait=True)
+            draw(**{name: control.value for name, control in controls.items()})
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    if not book_mode():
+        redraw()
+    return out
 
 
 @contextmanager
@@ -62,7 +90,7 @@ def window_explorer(model, task, windows=(4, 8, 16, 32, 64, None), reference: di
                                           title=f"window {window or 'full'}: accuracy {res['accuracy']:.3f}")
         fig.show()
 
-    out = w.interactive_output(draw, {"window": slider})
+    out = live_output(draw, {"window": slider})
     return w.VBox([slider, out])
 
 
@@ -114,7 +142,7 @@ def memory_size_explorer(model, task, sizes=(2, 4, 8, 16, 32), reference: dict |
                                           title=f"{slots} slots: accuracy {res['accuracy']:.3f}")
         fig.show()
 
-    out = w.interactive_output(draw, {"slots": slider})
+    out = live_output(draw, {"slots": slider})
     return w.VBox([slider, out])
 
 
@@ -141,7 +169,7 @@ def ablation_explorer(models: dict, task, sizes=(2, 4, 8, 16), num_examples: int
                                                 f"stale answers {stale}")
         fig.show()
 
-    out = w.interactive_output(draw, {"name": choice, "slots": slider})
+    out = live_output(draw, {"name": choice, "slots": slider})
     return w.VBox([choice, slider, out])
 
 
@@ -198,5 +226,5 @@ def surprise_explorer(model, tasks: dict, thresholds=(0.1, 0.3, 0.5, 0.7, 0.9, 0
         surprise_trace_figure(traces, {n: b.tokens for n, b in batches.items()}, threshold=thr,
                               title=f"threshold {thr}, temperature {tmp}: accuracy {text}").show()
 
-    out = w.interactive_output(draw, {"threshold": slider, "temperature": temp})
+    out = live_output(draw, {"threshold": slider, "temperature": temp})
     return w.VBox([w.HBox([slider, temp]), out])

@@ -410,3 +410,19 @@ def test_widgets_build_a_vbox_and_redraw_through_the_pure_function(model, changi
     assert other.num_slots == 6 and model.num_slots == 6
     with pytest.raises(ValueError, match="at least one trained model"):
         ablation_explorer({}, changing)
+
+
+def test_live_output_draws_on_change_and_first_only_outside_book_mode(monkeypatch):
+    w = pytest.importorskip("ipywidgets")
+    from memorylib.widgets import live_output
+
+    calls = []
+    slider = w.IntSlider(value=1)
+    monkeypatch.setenv("MEMORYLIB_BOOK", "1")             # producing the book: no first drawing
+    live_output(lambda x: calls.append(x), {"x": slider})
+    assert calls == []
+    slider.value = 3                                     # a moved control always redraws
+    assert calls == [3]
+    monkeypatch.setenv("MEMORYLIB_BOOK", "0")             # Jupyter / Colab: drawn at once
+    live_output(lambda x: calls.append(x), {"x": slider})
+    assert calls == [3, 3]

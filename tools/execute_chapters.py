@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     for path in paths:
         start = time.perf_counter()
         papermill.execute_notebook(str(path), str(path), cwd=str(path.parent), kernel_name="python3",
-                                   progress_bar=False)
+                                   progress_bar=False, execution_timeout=900, start_timeout=120)
         seconds = time.perf_counter() - start
         strip_volatile(path)
         flag = "" if seconds <= BUDGET_S else f"  OVER BUDGET ({BUDGET_S} s)"

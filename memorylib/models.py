@@ -277,13 +277,18 @@ class SlotMemoryModel(LocalFeatures):
         return logits.argmax(-1)
 
 
-def _slot(**defaults):
+def _fixed(cls, **defaults):
+    """A factory for ``cls`` with some options fixed (an ablation registered by name)."""
     def factory(**kwargs):
         for key in defaults:
             if key in kwargs and kwargs[key] != defaults[key]:
                 raise ValueError(f"this model fixes {key}={defaults[key]!r}; got {key}={kwargs[key]!r}")
-        return SlotMemoryModel(**{**defaults, **kwargs})
+        return cls(**{**defaults, **kwargs})
     return factory
+
+
+def _slot(**defaults):
+    return _fixed(SlotMemoryModel, **defaults)
 
 
 register_model("slot_memory")(_slot())
@@ -360,12 +365,7 @@ class SurpriseMemoryModel(SlotMemoryModel):
 
 
 def _surprise(**defaults):
-    def factory(**kwargs):
-        for key in defaults:
-            if key in kwargs and kwargs[key] != defaults[key]:
-                raise ValueError(f"this model fixes {key}={defaults[key]!r}; got {key}={kwargs[key]!r}")
-        return SurpriseMemoryModel(**{**defaults, **kwargs})
-    return factory
+    return _fixed(SurpriseMemoryModel, **defaults)
 
 
 register_model("surprise_memory")(_surprise())

@@ -291,25 +291,10 @@ def slot_training_figure(histories: dict[str, dict], title: str = "What the memo
 def capacity_figure(curves: dict[str, dict], chance: float | None = None,
                     title: str = "Accuracy against memory size") -> go.Figure:
     """Held-out accuracy (with its 95 % bootstrap interval) against the number of slots, one line
-    per model. curves: ``{name: {num_slots: evaluate(...) result}}``. Introduced in chapter 2."""
-    fig = go.Figure()
-    for i, (name, by_size) in enumerate(curves.items()):
-        sizes = sorted(by_size)
-        acc = [by_size[n]["accuracy"] for n in sizes]
-        fig.add_trace(go.Scatter(
-            x=sizes, y=acc, name=name, mode="lines+markers", line={"color": PALETTE[i % len(PALETTE)]},
-            error_y={"type": "data", "symmetric": False,
-                     "array": [round(by_size[n]["ci"][1] - a, 4) for n, a in zip(sizes, acc)],
-                     "arrayminus": [round(a - by_size[n]["ci"][0], 4) for n, a in zip(sizes, acc)]},
-            hovertemplate=f"{name}<br>%{{x}} slots: accuracy %{{y:.3f}}<extra></extra>"))
-    if chance is not None:
-        fig.add_hline(y=chance, line={"dash": "dash", "color": "#888"},
-                      annotation_text="chance", annotation_position="bottom right")
-    fig.update_layout(template=TEMPLATE, title=title, height=360,
-                      xaxis={"title": "number of slots", "type": "log", "tickvals": sorted({n for c in curves.values() for n in c})},
-                      yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
+    per model. curves: ``{name: {num_slots: evaluate(...) result}}``. Introduced in chapter 2;
+    :func:`accuracy_curve_figure` on a log axis with a tick at every size."""
+    return accuracy_curve_figure(curves, "number of slots", chance=chance, title=title, log_x=True,
+                                 tickvals=sorted({n for c in curves.values() for n in c}), hover_x="%{x} slots")
 
 
 def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
@@ -383,11 +368,14 @@ def survival_figure(results: dict[str, dict], title: str = "How long a written f
 
 
 def accuracy_curve_figure(curves: dict[str, dict], x_title: str, chance: float | None = None,
-                          title: str | None = None, log_x: bool = False) -> go.Figure:
+                          title: str | None = None, log_x: bool = False, tickvals: list | None = None,
+                          hover_x: str | None = None) -> go.Figure:
     """Held-out accuracy (with its 95 % bootstrap interval) against any parameter, one line per
-    model. curves: ``{name: {x: evaluate(...) result}}``. Introduced in chapter 4 (accuracy
-    against needle depth and against the surprise threshold); :func:`capacity_figure` is the
-    same plot against the number of slots."""
+    model. curves: ``{name: {x: evaluate(...) result}}``; ``tickvals`` puts a tick at each of
+    those values; ``hover_x`` is how the hover names a point (default ``"<x_title> %{x}"``).
+    Introduced in chapter 2 as :func:`capacity_figure` (against the number of slots); chapter 4
+    plots accuracy against needle depth and against the surprise threshold."""
+    hover_x = hover_x or f"{x_title} %{{x}}"
     fig = go.Figure()
     for i, (name, by_x) in enumerate(curves.items()):
         xs = sorted(by_x)
@@ -397,12 +385,14 @@ def accuracy_curve_figure(curves: dict[str, dict], x_title: str, chance: float |
             error_y={"type": "data", "symmetric": False,
                      "array": [round(by_x[x]["ci"][1] - a, 4) for x, a in zip(xs, acc)],
                      "arrayminus": [round(a - by_x[x]["ci"][0], 4) for x, a in zip(xs, acc)]},
-            hovertemplate=f"{name}<br>{x_title} %{{x}}: accuracy %{{y:.3f}}<extra></extra>"))
+            hovertemplate=f"{name}<br>{hover_x}: accuracy %{{y:.3f}}<extra></extra>"))
     if chance is not None:
         fig.add_hline(y=chance, line={"dash": "dash", "color": "#888"},
                       annotation_text="chance", annotation_position="bottom right")
-    fig.update_layout(template=TEMPLATE, title=title, height=360,
-                      xaxis={"title": x_title, "type": "log" if log_x else "linear"},
+    xaxis = {"title": x_title, "type": "log" if log_x else "linear"}
+    if tickvals is not None:
+        xaxis["tickvals"] = tickvals
+    fig.update_layout(template=TEMPLATE, title=title, height=360, xaxis=xaxis,
                       yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
                       legend={"orientation": "h", "y": -0.25})
     return fig
@@ -425,9 +415,9 @@ def surprise_trace_figure(traces: dict[str, dict], tokens: dict, index: int = 0,
         raise ValueError(f"traces and tokens must have the same names, got {sorted(traces)} and {sorted(tokens)}")
     fig = make_subplots(rows=len(traces), cols=1, vertical_spacing=0.16, subplot_titles=list(traces))
     for row, (name, tr) in enumerate(traces.items(), start=1):
-        toks = tokens[name][index].tolist()
         if not 0 <= index < tokens[name].shape[0]:
             raise ValueError(f"index must be in [0, {tokens[name].shape[0]}), got {index}")
+        toks = tokens[name][index].tolist()
         pos, labels = list(range(len(toks))), [layout.label(t) for t in toks]
         lines = [("surprise", "surprise s_t", PALETTE[1], None)]
         if not bool((tr["carried"] == tr["surprise"]).all()):

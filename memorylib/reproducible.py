@@ -9,7 +9,9 @@ the thread count (2, the book's reference machine; partial sums depend on it) wi
 MKL drop threads when the machine is busy:
 
 * ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, the branch that gives the
-  same results on Intel and non-Intel CPUs (no measurable slowdown for the book's small models);
+  same results on Intel and non-Intel CPUs. It costs speed where matrix products dominate
+  (about 4x for a 4608x64 @ 64x256 product on a 2-core AMD EPYC; chapter 1's transformers feel
+  it) and almost none for the slot-memory models, whose time goes to per-token steps;
 * ``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: no AVX-512 kernels;
 * ``OMP_NUM_THREADS=2``, ``MKL_DYNAMIC=FALSE``;
 * ``OMP_WAIT_POLICY=PASSIVE``: idle threads sleep instead of spinning. It changes no number and

@@ -211,8 +211,9 @@ def surprise_explorer(model, tasks: dict, thresholds=(0.1, 0.3, 0.5, 0.7, 0.9, 0
         raise ValueError("thresholds must hold at least one value")
     slider = w.SelectionSlider(options=[str(t) for t in thresholds], value=str(thresholds[len(thresholds) // 2]),
                                description="threshold", continuous_update=False)
-    temp = w.SelectionSlider(options=["0.02", "0.05", "0.1", "0.2", "0.5"], value=str(model.temperature)
-                             if str(model.temperature) in ("0.02", "0.05", "0.1", "0.2", "0.5") else "0.1",
+    temperatures = ["0.02", "0.05", "0.1", "0.2", "0.5"]
+    temp = w.SelectionSlider(options=temperatures, value=str(model.temperature)
+                             if str(model.temperature) in temperatures else "0.1",
                              description="temperature", continuous_update=False)
     batches = {name: task.sample(1, seed=seed) for name, task in tasks.items()}
 

@@ -186,6 +186,8 @@ def test_surprise_trace_figure_draws_surprise_and_writes_per_panel():
     assert len(surprise_trace_figure({"a": plain}, {"a": tokens}).data) == 2
     with pytest.raises(ValueError, match="same names"):
         surprise_trace_figure({"a": trace}, {"b": tokens})
+    with pytest.raises(ValueError, match=r"index must be in \[0, 2\), got 5"):
+        surprise_trace_figure({"a": plain}, {"a": tokens}, index=5)
 
 
 def test_threshold_slider_figure_has_one_step_per_threshold():

@@ -5,6 +5,7 @@
     python experiments/slot_sweeps.py ch04            # writes book/results/ch04_surprise.json
     python experiments/slot_sweeps.py ch04-long       # writes book/results/ch04_surprise_long.json
     python experiments/slot_sweeps.py ch03 --seeds 0  # one seed only (a quick look; not committed)
+    python experiments/slot_sweeps.py ch03-stage1 --seeds 1   # weights after chapter 3's first stage
 
 Every row is one call of :func:`memorylib.experiments.run` (build a registered model with
 ``torch.manual_seed(seed)``, train, evaluate on held-out sequences) followed by the slot
@@ -183,12 +184,42 @@ def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
     }
 
 
+def first_stage(spec: dict, seeds: list[int]) -> None:
+    """Train only the first stage (``pretrain``) of the spec's first row for each seed and save its
+    weights as ``<results>/stage1_seed<N>.pt``, so that a chapter can train the second stage live
+    from them: :func:`memorylib.experiments.run` with ``start_from`` then reproduces the sweep's
+    row exactly. Checks that the stage's history equals the one the sweep stored."""
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    _, _, pre = build_tasks(spec)
+    label, model, kwargs = spec["rows"][0][:3]
+    stored = json.loads((ROOT / spec["out"]).read_text())
+    ckpt_dir = ROOT / spec["out"].replace(".json", "")
+    for seed in seeds:
+        t0 = time.perf_counter()
+        # the first stage of run(): the same call of train() (default warm-up), from the same init
+        result, net = run(model, pre["task"], seed=seed, steps=pre["steps"], batch_size=spec["batch_size"],
+                          lr=pre["lr"], warmup=50, model_kwargs=kwargs, return_model=True)
+        row = next(r for r in stored["rows"] if r["label"] == label and r["seed"] == seed)
+        if result["history"] != row["pretrain_history"]:
+            raise SystemExit(f"{label} seed {seed}: the first stage did not reproduce the sweep's history "
+                             "(other numerics?); no weights saved")
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = ckpt_dir / f"stage1_seed{seed}.pt"
+        torch.save(net.state_dict(), path)
+        print(f"{label} seed {seed}: stage 1 reproduced the sweep's history in {time.perf_counter() - t0:.1f} s"
+              f" -> {path.relative_to(ROOT)}", flush=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("chapter", choices=sorted(SWEEPS))
+    parser.add_argument("chapter", choices=sorted(SWEEPS) + ["ch03-stage1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", help="output JSON (default: the chapter's file under book/results/)")
     args = parser.parse_args(argv)
+    if args.chapter == "ch03-stage1":
+        first_stage(CH03, args.seeds)
+        return 0
     spec = SWEEPS[args.chapter]
     result = sweep(spec, args.seeds)
     out = ROOT / (args.out or spec["out"])

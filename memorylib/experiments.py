@@ -21,12 +21,17 @@ from .training import evaluate, train
 def run(model: str, task, *, seed: int = 0, steps: int = 300, batch_size: int = 64, lr: float = 1e-2,
         warmup: int = 50, pretrain: dict | None = None, model_kwargs: dict | None = None,
         eval_tasks: dict | None = None, num_examples: int = 512, monitor=None, progress: bool = False,
-        return_model: bool = False):
+        return_model: bool = False, start_from: dict | None = None):
     """Build ``model`` (a registry name) with ``torch.manual_seed(seed)``, train it on ``task``
     and evaluate it on every task of ``eval_tasks`` (``{name: task}``; default: ``task`` itself).
 
     ``pretrain`` (optional): ``{"task": ..., "steps": ..., "lr": ...}``, a first stage of
     training before ``task`` (chapter 3 first teaches lookup, then changing facts).
+    ``start_from`` (optional): a state dict loaded into the model right after it is built, in
+    place of a first stage that already ran: ``pretrain`` must then be None. Training reads no
+    global random state and every stage makes a fresh optimizer, so starting from the weights a
+    run had after its first stage gives exactly that run's result (chapter 3 trains only its
+    second stage live, from weights saved by ``experiments/slot_sweeps.py ch03-stage1``).
 
     Returns a JSON-ready dict: ``model``, ``model_kwargs``, ``seed``, ``steps``, ``history``
     (from :func:`~memorylib.training.train`; ``pretrain_history`` for the first stage), ``eval``
@@ -36,6 +41,10 @@ def run(model: str, task, *, seed: int = 0, steps: int = 300, batch_size: int = 
     model_kwargs = dict(model_kwargs or {})
     torch.manual_seed(seed)
     net = build_model(model, **model_kwargs)
+    if start_from is not None:
+        if pretrain is not None:
+            raise ValueError("give either pretrain (train a first stage) or start_from (its weights), not both")
+        net.load_state_dict(start_from)
     start = time.perf_counter()
     first = None
     if pretrain is not None:

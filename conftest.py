@@ -45,6 +45,12 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if foreign_chapters:
+        terminalreporter.section("chapters executed on another numerical platform")
+        for name, fp in sorted(foreign_chapters.items()):
+            terminalreporter.write_line(f"{name}: outputs recorded with fingerprint {fp}, not this machine's "
+                                        f"{reproducible.fingerprint()}: cells run and claims asserted, outputs "
+                                        "not compared (re-execute with tools/execute_chapters.py)")
     if not chapter_times:
         return
     terminalreporter.section("chapter run times (2-core budget: full <= 180 s, FAST <= 45 s)")
@@ -55,3 +61,36 @@ def pytest_terminal_summary(terminalreporter):
                 over = "  OVER BUDGET" if times[kind] > budget else ""
                 parts.append(f"{kind} {times[kind]:6.1f} s{over}")
         terminalreporter.write_line(f"{name:40s} " + "   ".join(parts))
+
+
+# --- chapters executed on another CPU ------------------------------------------------------------
+# The committed outputs are bit-exact only on a machine whose numerical fingerprint
+# (memorylib.reproducible.fingerprint) equals the one recorded in the notebook's metadata when it
+# was executed (tools/execute_chapters.py). Elsewhere training ends in other last bits, or for a
+# chaotic seed somewhere else entirely, so nbval still runs every cell (the claims cells assert
+# what the chapter states) but does not compare outputs cell by cell; the summary says so.
+foreign_chapters: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    cells = [item for item in items if hasattr(item, "cell") and hasattr(item, "options")]
+    if not cells:
+        return
+    import nbformat
+
+    here = reproducible.fingerprint()
+    recorded = {}
+    for item in cells:
+        path = str(item.fspath)
+        if path not in recorded:
+            meta = nbformat.read(path, as_version=4).metadata.get("memorylib", {})
+            recorded[path] = meta.get("fingerprint")
+            if recorded[path] != here:
+                foreign_chapters[pathlib.Path(path).name] = str(recorded[path])
+        if recorded[path] != here:
+            item.options["check"] = False
+
+
+def pytest_report_header(config):
+    if config.option.nbval:
+        return [f"memorylib numerical fingerprint of this machine: {reproducible.fingerprint()}"]

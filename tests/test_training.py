@@ -83,3 +83,16 @@ def test_train_rejects_bad_arguments():
         train(model, task, steps=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         train(model, task, steps=1, lr=0)
+
+
+def test_fisher_exact_known_values():
+    from memorylib.stats import fisher_exact
+    # Fisher's tea-tasting table [[3, 1], [1, 3]]: two-sided p = 34/70
+    assert math.isclose(fisher_exact(3, 4, 1, 4), 34 / 70)
+    assert math.isclose(fisher_exact(3, 3, 0, 3), 0.1)          # three seeds against three
+    assert math.isclose(fisher_exact(2, 3, 0, 3), 0.4)
+    assert fisher_exact(2, 2, 2, 2) == 1.0 and fisher_exact(0, 5, 0, 7) == 1.0
+    assert math.isclose(fisher_exact(10, 10, 0, 10), 2 / math.comb(20, 10))
+    assert fisher_exact(0, 3, 3, 3) == fisher_exact(3, 3, 0, 3)   # symmetric in the groups
+    with pytest.raises(ValueError, match="hits=4, n=3"):
+        fisher_exact(4, 3, 0, 3)

@@ -5,11 +5,12 @@
     python experiments/slot_sweeps.py ch04            # writes book/results/ch04_surprise.json
     python experiments/slot_sweeps.py ch04-long       # writes book/results/ch04_surprise_long.json
     python experiments/slot_sweeps.py ch03 --seeds 0  # one seed only (a quick look; not committed)
-    python experiments/slot_sweeps.py ch03-stage1 --seeds 1   # weights after chapter 3's first stage
+    python experiments/slot_sweeps.py ch03-stage1 --seeds 0 1 2   # weights after chapter 3's first stage
 
 Every row is one call of :func:`memorylib.experiments.run` (build a registered model with
 ``torch.manual_seed(seed)``, train, evaluate on held-out sequences) followed by the slot
-statistics of :mod:`memorylib.analysis`. Each chapter re-runs seed 0 of its main rows live and
+statistics of :mod:`memorylib.analysis`. Each chapter re-runs one seed of its main rows live and,
+on a machine with the fingerprint recorded here (:func:`memorylib.reproducible.fingerprint`),
 asserts it reproduces the row stored here. Runs in the book's numerical environment
 (:mod:`memorylib.reproducible`: 2 threads and pinned CPU code paths; float32 results change in
 their last bits with either), as the tests and the chapters do. The JSON records the command, the library and
@@ -210,7 +211,7 @@ def first_stage(spec: dict, seeds: list[int]) -> None:
         info = {"command": "python experiments/slot_sweeps.py " + " ".join(sys.argv[1:]),
                 "label": label, "seed": seed, "pretrain": stored["pretrain"], "batch_size": spec["batch_size"],
                 "torch": torch.__version__.split("+")[0], "numeric_env": reproducible.NUMERIC_ENV,
-                "history": result["history"], "history_equals_sweep": same,
+                "fingerprint": reproducible.fingerprint(), "history": result["history"], "history_equals_sweep": same,
                 "seconds": round(time.perf_counter() - t0, 1)}
         (ckpt_dir / f"stage1_seed{seed}.json").write_text(json.dumps(info, indent=1) + "\n")
         print(f"{label} seed {seed}: stage 1 in {info['seconds']} s, history equals the sweep's: {same}", flush=True)

@@ -372,3 +372,123 @@ register_model("surprise_memory")(_surprise())
 register_model("no_surprise")(_surprise(surprise=False))
 register_model("momentum_surprise")(_surprise(momentum=0.5))
 register_model("surprise_only")(_surprise(fixed_write=1.0))
+
+
+# --- memories that learn: delta rule and MLP memory (chapters 5-6) -----------------------------
+
+MEMORY_KINDS = ("linear", "delta", "mlp")
+
+
+class LearnedMemoryModel(LocalFeatures):
+    """Local causal attention with a memory written by gradient steps beside it. Introduced in
+    chapter 5.
+
+    tokens -> :class:`LocalFeatures` -> ``h``; from ``h_t`` each of ``memory_heads`` heads makes a
+    query and a key (unit length), a value, a learning rate and, optionally, a retention factor
+    and a momentum; the memory writes ``(k_t, v_t)`` and is read with ``q_t``; the reads are
+    normalized, fused into ``h`` (residual projection and an MLP) and the next token predicted.
+
+    ``kind``:
+
+    * ``"linear"``: a matrix, additive write ``M += beta v k^T`` (linear attention; no erase);
+    * ``"delta"``: a matrix written by the delta rule (:mod:`memorylib.delta_rule`), learning
+      rate ``beta_t = sigmoid(.)`` in (0, 1);
+    * ``"mlp"``: a two-layer MLP written by gradient steps (:mod:`memorylib.ttt`), learning rate
+      ``theta_t = max_lr * sigmoid(.)``, initial weights learned by the outer model.
+
+    ``forget=True`` adds a learned retention ``a_t = sigmoid(.)`` (starting near 0.98): the old
+    memory is multiplied by it before each write (for the MLP: weight decay ``1 - a_t``).
+    ``momentum=True`` (MLP only) adds a learned momentum ``eta_t = sigmoid(.)``.
+
+    ``chunk_size`` is a plain attribute (chapter 6's slider); ``reference=True`` runs the
+    token-by-token form instead of the chunked one. ``model(tokens, return_trace=True)`` gives
+    ``(logits, trace)`` with per-head ``lr``, ``retain``, ``momentum`` (each (batch, heads,
+    seq_len), or None) and ``reads``.
+    """
+
+    def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 1,
+                 num_heads: int = 4, window: int = DEFAULT_WINDOW, kind: str = "delta", memory_heads: int = 1,
+                 key_dim: int = 32, value_dim: int = 32, hidden: int = 32, forget: bool = False,
+                 momentum: bool = False, max_lr: float = 1.0, chunk_size: int = 16, reference: bool = False):
+        if window is None:
+            raise ValueError("a memory model needs an int window >= 1 for its local attention")
+        super().__init__(vocab_size, d_model, num_layers, num_heads, window)
+        if kind not in MEMORY_KINDS:
+            raise ValueError(f"kind must be one of {MEMORY_KINDS}, got {kind!r}")
+        for name, value in (("memory_heads", memory_heads), ("key_dim", key_dim), ("value_dim", value_dim),
+                            ("hidden", hidden), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if momentum and kind != "mlp":
+            raise ValueError(f"momentum applies to kind='mlp' only, got kind={kind!r}")
+        if not (isinstance(max_lr, (int, float)) and max_lr > 0):
+            raise ValueError(f"max_lr must be a number > 0, got {max_lr!r}")
+        self.kind, self.memory_heads, self.key_dim, self.value_dim = kind, memory_heads, key_dim, value_dim
+        self.forget, self.use_momentum, self.max_lr = bool(forget), bool(momentum), float(max_lr)
+        self.chunk_size, self.reference = chunk_size, bool(reference)
+        H = memory_heads
+        self.qkv = nn.Linear(d_model, H * (2 * key_dim + value_dim))
+        self.gates = nn.Linear(d_model, 3 * H)          # learning rate, retention, momentum logits
+        with torch.no_grad():
+            self.gates.bias[H:2 * H].fill_(4.0)         # retention starts at sigmoid(4) = 0.98
+        if kind == "mlp":
+            self.w1 = nn.Parameter(torch.randn(H, hidden, key_dim) / key_dim ** 0.5)
+            self.w2 = nn.Parameter(torch.randn(H, value_dim, hidden) / hidden ** 0.5)
+        self.fuse = nn.Linear(H * value_dim, d_model)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, self.vocab_size, bias=False)
+
+    def memory_inputs(self, h: torch.Tensor) -> dict:
+        """Queries, keys, values ``(B, H, T, dim)`` and per-token ``lr``, ``retain``, ``momentum``
+        ``(B, H, T)`` (the last two None when switched off) from features ``h: (B, T, d_model)``."""
+        B, T, _ = h.shape
+        H, Dk, Dv = self.memory_heads, self.key_dim, self.value_dim
+        q, k, v = self.qkv(h).view(B, T, H, 2 * Dk + Dv).transpose(1, 2).split([Dk, Dk, Dv], dim=-1)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        lr_logit, ret_logit, mom_logit = self.gates(h).view(B, T, 3, H).permute(2, 0, 3, 1)
+        lr = torch.sigmoid(lr_logit) * (self.max_lr if self.kind == "mlp" else 1.0)
+        return {"q": q, "k": k, "v": v, "lr": lr,
+                "retain": torch.sigmoid(ret_logit) if self.forget else None,
+                "momentum": torch.sigmoid(mom_logit) if self.use_momentum else None}
+
+    def read_memory(self, x: dict, state=None):
+        """Run the memory over a sequence; returns ``(reads (B, H, T, value_dim), state)``."""
+        from .delta_rule import delta_rule, delta_rule_reference
+        from .ttt import MLPMemoryState, mlp_memory, mlp_memory_reference
+
+        if self.kind == "mlp":
+            state = MLPMemoryState.initial(self.w1, self.w2, x["k"].shape[0]) if state is None else state
+            args = (x["q"], x["k"], x["v"], x["lr"], x["momentum"], x["retain"])
+            if self.reference:
+                return mlp_memory_reference(*args, state=state)
+            return mlp_memory(*args, state=state, chunk_size=self.chunk_size)
+        args = (x["q"], x["k"], x["v"], x["lr"], x["retain"], state)
+        if self.reference:
+            return delta_rule_reference(*args, erase=self.kind == "delta")
+        return delta_rule(*args, chunk_size=self.chunk_size, erase=self.kind == "delta")
+
+    def forward(self, tokens: torch.Tensor, return_trace: bool = False):
+        h = self.features(tokens)
+        x = self.memory_inputs(h)
+        reads, _ = self.read_memory(x)
+        r = F.layer_norm(reads, reads.shape[-1:])                    # per head: zero mean, unit variance
+        r = r.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+        y = h + self.fuse(r)
+        y = y + self.mlp(self.norm_mlp(y))
+        logits = self.head(self.norm(y))
+        if return_trace:
+            return logits, {"lr": x["lr"], "retain": x["retain"], "momentum": x["momentum"], "reads": reads}
+        return logits
+
+
+def _learned(**defaults):
+    return _fixed(LearnedMemoryModel, **defaults)
+
+
+register_model("linear_memory")(_learned(kind="linear"))
+register_model("delta_memory")(_learned(kind="delta"))
+register_model("gated_delta_memory")(_learned(kind="delta", forget=True))
+register_model("mlp_memory")(_learned(kind="mlp"))
+register_model("titans_memory")(_learned(kind="mlp", forget=True, momentum=True))

@@ -1,0 +1,149 @@
+"""A linear memory written by the delta rule. Introduced in chapter 5 (the chunked form in chapter 6).
+
+The memory of one head is a matrix ``M`` (value_dim x key_dim); reading with a query is
+``o = M q``. Writing the pair ``(k_t, v_t)`` is one gradient step, with learning rate ``beta_t``,
+on the loss ``1/2 ||M k_t - v_t||^2`` (whose gradient is ``(M k_t - v_t) k_t^T``), taken after
+the old memory is multiplied by a retention factor ``a_t`` in (0, 1]::
+
+    M'  = a_t M_{t-1}                                   (forget: a_t = 1 keeps everything)
+    M_t = M' - beta_t (M' k_t - v_t) k_t^T              (write)
+        = M' (I - beta_t k_t k_t^T) + beta_t v_t k_t^T  (erase along k_t, then add v_t k_t^T)
+    o_t = M_t q_t                                       (read; token t's own write included)
+
+The second line is chapter 3's erase-then-write with the key as the address: with a unit key and
+``beta_t = 1`` the old value stored under ``k_t`` is replaced by ``v_t``. ``erase=False`` drops the
+erase term, ``M_t = a_t M_{t-1} + beta_t v_t k_t^T``: the additive (Hebbian) write, which is
+causal linear attention (Katharopoulos et al. 2020; Schlag et al. 2021).
+
+Shapes, for a batch of ``B`` sequences and ``H`` heads::
+
+    q, k: (B, H, T, key_dim)   v: (B, H, T, value_dim)   beta, retain: (B, H, T)
+    state M: (B, H, value_dim, key_dim)                  out: (B, H, T, value_dim)
+
+Two forms compute the same thing:
+
+* :func:`delta_rule_reference`: the recurrence above, one token at a time;
+* :func:`delta_rule`: the exact chunked form. Inside a chunk of ``C`` tokens that starts from
+  ``M_0``, the recurrence is solved with the UT transform (Yang et al. 2024): the "new values"
+  ``u_t = beta_t (v_t - a_{1..t} M_0 k_t - sum_{i<t} (a_{i+1..t}) (k_i . k_t) u_i)`` satisfy the
+  unit-lower-triangular system ``(I + diag(beta) tril(K K^T * G, -1)) U = diag(beta) (V - g * K M_0^T)``
+  (``G[t, i] = a_{i+1} ... a_t``, ``g[t] = a_1 ... a_t``), solved by one triangular solve; then
+  ``O = g * Q M_0^T + tril(Q K^T * G) U`` and ``M_C = g_C M_0 + U^T (K * G[C, :])``. Only the
+  chunks run one after another. Tests hold both forms equal to < 1e-10 in float64 at every
+  chunk size, and their gradients equal.
+
+Both take and return the state, so a long stream processed in pieces gives exactly the outputs of
+one call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tasks import _check_int
+
+
+def _check_inputs(q, k, v, beta, retain, state):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a tensor of shape (batch, heads, seq_len, dim), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    B, H, T, Dk = k.shape
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[:3] != (B, H, T):
+        raise ValueError(f"v must have shape ({B}, {H}, {T}, value_dim), got {tuple(v.shape)}")
+    for name, x in (("beta", beta), ("retain", retain)):
+        if x is not None and (not isinstance(x, torch.Tensor) or x.shape != (B, H, T)):
+            raise ValueError(f"{name} must be a tensor of shape ({B}, {H}, {T}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if retain is not None and retain.numel() and (float(retain.detach().min()) < 0 or float(retain.detach().max()) > 1):
+        raise ValueError(f"retain must be in [0, 1], got values in [{float(retain.detach().min()):.4g}, {float(retain.detach().max()):.4g}]")
+    if state is not None and (not isinstance(state, torch.Tensor) or state.shape != (B, H, v.shape[-1], Dk)):
+        raise ValueError(f"state must be a tensor of shape ({B}, {H}, {v.shape[-1]}, {Dk}), got "
+                         f"{tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__}")
+
+
+def initial_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """An empty memory ``(B, H, value_dim, key_dim)`` for keys ``k`` and values ``v``."""
+    return k.new_zeros(k.shape[0], k.shape[1], v.shape[-1], k.shape[-1])
+
+
+def delta_rule_reference(q, k, v, beta, retain=None, state=None, erase: bool = True):
+    """The delta rule one token at a time (the definition). Returns ``(out, state)``."""
+    _check_inputs(q, k, v, beta, retain, state)
+    M = initial_state(k, v) if state is None else state
+    outs = []
+    for t in range(k.shape[2]):
+        kt, vt, bt = k[:, :, t], v[:, :, t], beta[:, :, t, None, None]
+        if retain is not None:
+            M = retain[:, :, t, None, None] * M
+        if erase:
+            err = (M @ kt[..., None]) - vt[..., None]                  # (B, H, Dv, 1): M k - v
+            M = M - bt * err @ kt[..., None, :]
+        else:
+            M = M + bt * vt[..., None] @ kt[..., None, :]
+        outs.append((M @ q[:, :, t, :, None])[..., 0])
+    out = torch.stack(outs, dim=2) if outs else v.new_zeros(v.shape)
+    return out, M
+
+
+def decay_products(a: torch.Tensor) -> torch.Tensor:
+    """``G[..., t, i] = a[..., i+1] * ... * a[..., t]`` for ``i <= t`` (1 on the diagonal) and 0
+    above it, for ``a: (..., C)``. Built from products, not from differences of logarithms, so
+    ``a = 0`` (forget everything) is exact."""
+    C = a.shape[-1]
+    strict_upper = torch.ones(C, C, dtype=torch.bool, device=a.device).triu(1)
+    # X[..., i, j] = a[j] for j > i, else 1; its running product along j is a[i+1] ... a[j]
+    X = torch.where(strict_upper, a[..., None, :], torch.ones((), dtype=a.dtype, device=a.device))
+    return X.cumprod(-1).transpose(-1, -2).tril()
+
+
+def delta_rule(q, k, v, beta, retain=None, state=None, chunk_size: int = 64, erase: bool = True):
+    """The exact chunked delta rule (UT transform inside each chunk). Returns ``(out, state)``;
+    equal to :func:`delta_rule_reference` at every ``chunk_size`` and sequence length."""
+    _check_inputs(q, k, v, beta, retain, state)
+    _check_int("chunk_size", chunk_size, 1)
+    B, H, T, Dk = k.shape
+    M = initial_state(k, v) if state is None else state
+    if T == 0:
+        return v.new_zeros(v.shape), M
+    C = min(chunk_size, T)
+    N = -(-T // C)
+    pad = N * C - T
+    if retain is None:
+        retain = beta.new_ones(beta.shape)
+    if pad:
+        # padded tokens write nothing (beta 0) and forget nothing (retain 1): the state is unchanged
+        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta = torch.nn.functional.pad(beta, (0, pad))
+        retain = torch.nn.functional.pad(retain, (0, pad), value=1.0)
+    q, k, v = (x.reshape(B, H, N, C, -1) for x in (q, k, v))
+    beta, retain = beta.reshape(B, H, N, C), retain.reshape(B, H, N, C)
+    G = decay_products(retain)                                         # (B, H, N, C, C)
+    g = retain.cumprod(-1)                                             # (B, H, N, C): a_1 ... a_t
+    eye = torch.eye(C, dtype=k.dtype, device=k.device)
+    strict = torch.ones(C, C, dtype=torch.bool, device=k.device).tril(-1)
+    # everything that does not depend on M_0, for all chunks at once
+    if erase:
+        A = eye + beta[..., None] * (k @ k.transpose(-1, -2) * G).masked_fill(~strict, 0.0)
+        rhs = beta[..., None] * torch.cat([v, g[..., None] * k], dim=-1)
+        sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+        U0, W = sol[..., :v.shape[-1]], sol[..., v.shape[-1]:]        # U = U0 - W M_0^T
+    else:
+        U0, W = beta[..., None] * v, None
+    QK = q @ k.transpose(-1, -2) * G                                   # G is lower triangular
+    last = G[..., -1, :]                                               # (B, H, N, C): a_{i+1} ... a_C
+    outs = []
+    for n in range(N):
+        Mt = M.transpose(-1, -2)                                       # (B, H, Dk, Dv)
+        U = U0[:, :, n] if W is None else U0[:, :, n] - W[:, :, n] @ Mt
+        outs.append(g[:, :, n, :, None] * (q[:, :, n] @ Mt) + QK[:, :, n] @ U)
+        M = g[:, :, n, -1, None, None] * M + U.transpose(-1, -2) @ (k[:, :, n] * last[:, :, n, :, None])
+    out = torch.stack(outs, dim=2).reshape(B, H, N * C, -1)[:, :, :T]
+    return out, M
+
+
+def state_bytes(state: torch.Tensor) -> int:
+    """Bytes held by a delta-rule state (constant in sequence length)."""
+    return state.numel() * state.element_size()

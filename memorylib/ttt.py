@@ -1,0 +1,220 @@
+"""An MLP memory written by gradient steps at test time (TTT). Introduced in chapter 5 (the
+chunked mini-batch form in chapter 6).
+
+The memory of one head is a two-layer network ``f(x) = W2 silu(W1 x)`` (``W1``: hidden x key_dim,
+``W2``: value_dim x hidden). Reading with a query is a forward pass, ``o_t = f_t(q_t)``. Writing
+the pair ``(k_t, v_t)`` is one gradient step on ``l_t(W) = 1/2 ||f_W(k_t) - v_t||^2`` with a
+per-token learning rate ``theta_t``, carried by momentum ``eta_t`` and applied after a retention
+factor ``a_t`` (the Titans form, Behrouz et al. 2025: the momentum ``S`` is the "past surprise",
+``1 - a_t`` is weight decay, i.e. forgetting)::
+
+    S_t = eta_t S_{t-1} - theta_t grad l_t(W_{t-1})
+    W_t = a_t W_{t-1} + S_t
+    o_t = f_{W_t}(q_t)                                  (token t's own write included)
+
+``eta = 0`` (no momentum) and ``a = 1`` (no forgetting) give plain online gradient descent.
+For one token the gradient of each layer is rank one: with ``z = W1 k``, ``h = silu(z)``,
+``e = W2 h - v`` and ``d = (W2^T e) * silu'(z)``, ``grad_W2 = e h^T`` and ``grad_W1 = d k^T``
+(:func:`token_gradients`, checked against autograd in the tests).
+
+Shapes, for a batch of ``B`` sequences and ``H`` heads::
+
+    q, k: (B, H, T, key_dim)   v: (B, H, T, value_dim)   lr, momentum, retain: (B, H, T)
+    out: (B, H, T, value_dim)  state: :class:`MLPMemoryState`
+
+Two forms:
+
+* :func:`mlp_memory_reference`: the recurrence above, one token at a time (every gradient at the
+  weights the previous token left);
+* :func:`mlp_memory`: the chunked mini-batch form (Sun et al. 2024; Behrouz et al. 2025). Inside a
+  chunk of ``C`` tokens every gradient is taken at the chunk-start weights ``W_0`` (so they can be
+  computed together); the momentum and retention recurrences are linear, so the weights after
+  token ``t`` are ``W_t = A_t W_0 + b_t S_0 - sum_{s<=t} c_{ts} grad l_s(W_0)`` with scalar
+  coefficients (products of ``a`` and ``eta``), and reads never build ``W_t``: each layer's
+  read is a masked product, like attention. The state is carried from chunk to chunk. At
+  ``chunk_size=1`` it is the reference (tested: < 1e-10 in float64); at larger chunks it is an
+  approximation of it, whose size chapter 6 measures.
+
+Both take and return the state, so a long stream can be processed in pieces. For the chunked
+form the chunks are counted from the start of the stream: the state keeps the weights at the last
+chunk boundary plus the inputs of the unfinished chunk (at most ``C - 1`` tokens), which the next
+call finishes; so pieces of any length give exactly the outputs of one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .delta_rule import decay_products
+from .tasks import _check_int
+
+
+@dataclass
+class MLPMemoryState:
+    """The memory between calls: weights ``w1: (B, H, hidden, key_dim)``, ``w2: (B, H, value_dim,
+    hidden)``, momenta ``s1, s2`` of the same shapes, and (chunked form only) ``pending``: the
+    inputs ``k, v, lr, momentum, retain`` of an unfinished chunk, with its ``chunk_size``."""
+
+    w1: torch.Tensor
+    w2: torch.Tensor
+    s1: torch.Tensor
+    s2: torch.Tensor
+    pending: dict | None = None
+    chunk_size: int | None = None
+
+    @classmethod
+    def initial(cls, w1: torch.Tensor, w2: torch.Tensor, batch_size: int) -> "MLPMemoryState":
+        """Start every sequence of a batch from the weights ``w1: (H, hidden, key_dim)`` and
+        ``w2: (H, value_dim, hidden)`` (the outer model's parameters), with zero momentum."""
+        w1 = w1.expand(batch_size, *w1.shape)
+        w2 = w2.expand(batch_size, *w2.shape)
+        return cls(w1, w2, torch.zeros_like(w1), torch.zeros_like(w2))
+
+    def tensors(self) -> list[torch.Tensor]:
+        pend = list(self.pending.values()) if self.pending else []
+        return [self.w1, self.w2, self.s1, self.s2, *pend]
+
+    def nbytes(self) -> int:
+        """Bytes held (constant in the length of the stream: at most ``chunk_size - 1`` pending tokens)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+def silu_grad(z: torch.Tensor) -> torch.Tensor:
+    """d silu(z) / dz = sigmoid(z) (1 + z (1 - sigmoid(z)))."""
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def mlp_apply(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``f(x) = W2 silu(W1 x)`` for ``x: (B, H, T, key_dim)`` and per-sequence weights."""
+    return F.silu(x @ w1.transpose(-1, -2)) @ w2.transpose(-1, -2)
+
+
+def token_gradients(w1, w2, k, v):
+    """Per-token gradients of ``1/2 ||f(k_t) - v_t||^2`` at weights ``(w1, w2)``, as rank-one
+    factors: ``grad_W1[t] = d_t k_t^T`` and ``grad_W2[t] = e_t h_t^T``. Returns ``(d, e, h)``
+    with ``d: (B, H, T, hidden)``, ``e: (B, H, T, value_dim)``, ``h: (B, H, T, hidden)``."""
+    z = k @ w1.transpose(-1, -2)
+    h = F.silu(z)
+    e = h @ w2.transpose(-1, -2) - v
+    d = (e @ w2) * silu_grad(z)
+    return d, e, h
+
+
+def _check(q, k, v, lr, momentum, retain, state):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a tensor of shape (batch, heads, seq_len, dim), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    B, H, T, Dk = k.shape
+    if q.shape != k.shape or v.shape[:3] != (B, H, T):
+        raise ValueError(f"q, k, v must share (batch, heads, seq_len) and q, k their last dim; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    for name, x, low, high in (("lr", lr, 0.0, None), ("momentum", momentum, 0.0, 1.0), ("retain", retain, 0.0, 1.0)):
+        if x is None:
+            if name == "lr":
+                raise ValueError("lr must be a tensor of shape (batch, heads, seq_len), got None")
+            continue
+        if not isinstance(x, torch.Tensor) or x.shape != (B, H, T):
+            raise ValueError(f"{name} must be a tensor of shape ({B}, {H}, {T}), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        lo, hi = (float(x.detach().min()), float(x.detach().max())) if x.numel() else (low, low)
+        if lo < low or (high is not None and hi > high):
+            allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be {allowed}, got values in [{lo:.4g}, {hi:.4g}]")
+    if not isinstance(state, MLPMemoryState):
+        raise ValueError(f"state must be an MLPMemoryState (MLPMemoryState.initial(w1, w2, batch_size)), "
+                         f"got {type(state).__name__}")
+    hidden = state.w1.shape[-2]
+    if state.w1.shape != (B, H, hidden, Dk) or state.w2.shape != (B, H, v.shape[-1], hidden):
+        raise ValueError(f"state weights of shapes {tuple(state.w1.shape)}, {tuple(state.w2.shape)} do not fit "
+                         f"keys {tuple(k.shape)} and values {tuple(v.shape)}")
+
+
+def _defaults(lr, momentum, retain):
+    return (torch.zeros_like(lr) if momentum is None else momentum,
+            torch.ones_like(lr) if retain is None else retain)
+
+
+def mlp_memory_reference(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState):
+    """The MLP memory one token at a time (the definition). Returns ``(out, state)``."""
+    _check(q, k, v, lr, momentum, retain, state)
+    if state.pending:
+        raise ValueError(f"this state holds an unfinished chunk of a chunked call (chunk_size={state.chunk_size}); "
+                         f"continue it with mlp_memory(..., chunk_size={state.chunk_size})")
+    momentum, retain = _defaults(lr, momentum, retain)
+    w1, w2, s1, s2 = state.w1, state.w2, state.s1, state.s2
+    outs = []
+    for t in range(k.shape[2]):
+        kt, vt = k[:, :, t:t + 1], v[:, :, t:t + 1]
+        d, e, h = token_gradients(w1, w2, kt, vt)                       # (B, H, 1, .)
+        eta, theta, a = (x[:, :, t, None, None] for x in (momentum, lr, retain))
+        s1 = eta * s1 - theta * d.transpose(-1, -2) @ kt
+        s2 = eta * s2 - theta * e.transpose(-1, -2) @ h
+        w1, w2 = a * w1 + s1, a * w2 + s2
+        outs.append(mlp_apply(w1, w2, q[:, :, t:t + 1]))
+    out = torch.cat(outs, dim=2) if outs else v.new_zeros(v.shape)
+    return out, MLPMemoryState(w1, w2, s1, s2)
+
+
+def _chunk(q, k, v, lr, momentum, retain, w1, w2, s1, s2, update: bool):
+    """One chunk of the mini-batch form: reads for its tokens, and (``update``) the state after it."""
+    d, e, h = token_gradients(w1, w2, k, v)                             # all at the chunk-start weights
+    RP, RA = decay_products(momentum), decay_products(retain)           # (B, H, C, C)
+    coef = (RA @ RP) * lr[..., None, :]                                 # c[t, s]: weight of grad_s in W_t
+    A = retain.cumprod(-1)[..., None]                                   # (B, H, C, 1)
+    b = (RA @ momentum.cumprod(-1)[..., None])                          # (B, H, C, 1)
+    z = A * (q @ w1.transpose(-1, -2)) + b * (q @ s1.transpose(-1, -2)) - (coef * (q @ k.transpose(-1, -2))) @ d
+    hq = F.silu(z)
+    out = A * (hq @ w2.transpose(-1, -2)) + b * (hq @ s2.transpose(-1, -2)) - (coef * (hq @ h.transpose(-1, -2))) @ e
+    if not update:
+        return out, None
+    c_last = coef[..., -1, :, None]                                     # (B, H, C, 1)
+    m_last = (RP[..., -1, :] * lr)[..., None]
+    p_last = momentum.prod(-1)[..., None, None]
+    w1n = A[..., -1:, :] * w1 + b[..., -1:, :] * s1 - (d * c_last).transpose(-1, -2) @ k
+    w2n = A[..., -1:, :] * w2 + b[..., -1:, :] * s2 - (e * c_last).transpose(-1, -2) @ h
+    s1n = p_last * s1 - (d * m_last).transpose(-1, -2) @ k
+    s2n = p_last * s2 - (e * m_last).transpose(-1, -2) @ h
+    return out, (w1n, w2n, s1n, s2n)
+
+
+_PENDING = ("k", "v", "lr", "momentum", "retain")
+
+
+def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState, chunk_size: int = 16):
+    """The chunked mini-batch MLP memory. Returns ``(out, state)``. ``chunk_size=1`` equals
+    :func:`mlp_memory_reference`; streaming in pieces (state carried) equals one call."""
+    _check(q, k, v, lr, momentum, retain, state)
+    _check_int("chunk_size", chunk_size, 1)
+    if state.pending and state.chunk_size != chunk_size:
+        raise ValueError(f"this state holds an unfinished chunk of chunk_size={state.chunk_size}; "
+                         f"continue with that chunk_size, got chunk_size={chunk_size}")
+    momentum, retain = _defaults(lr, momentum, retain)
+    offset = 0
+    if state.pending:
+        # finish the chunk the last call left open: its tokens again, outputs dropped
+        p = state.pending
+        offset = p["k"].shape[2]
+        q = torch.cat([q.new_zeros(p["k"].shape), q], dim=2)
+        k, v = torch.cat([p["k"], k], dim=2), torch.cat([p["v"], v], dim=2)
+        lr, momentum, retain = (torch.cat([p[n], x], dim=2) for n, x in
+                                (("lr", lr), ("momentum", momentum), ("retain", retain)))
+    w1, w2, s1, s2 = state.w1, state.w2, state.s1, state.s2
+    T = k.shape[2]
+    outs, pending = [], None
+    for start in range(0, T, chunk_size):
+        sl = slice(start, start + chunk_size)
+        full = start + chunk_size <= T
+        out, new = _chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], momentum[:, :, sl],
+                          retain[:, :, sl], w1, w2, s1, s2, update=full)
+        outs.append(out)
+        if full:
+            w1, w2, s1, s2 = new
+        else:
+            pending = {n: x[:, :, sl] for n, x in zip(_PENDING, (k, v, lr, momentum, retain))}
+    out = torch.cat(outs, dim=2)[:, :, offset:] if outs else v.new_zeros(v.shape)
+    return out, MLPMemoryState(w1, w2, s1, s2, pending, chunk_size if pending else None)

@@ -506,3 +506,234 @@ def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dic
     fig.update_yaxes(range=[-0.05, 1.05])
     fig.update_xaxes(title_text="token position", row=len(names), col=1)
     return fig
+
+
+# --- chunked parallelism (chapter 6) ------------------------------------------------------------
+
+
+def _sig(value, digits: int = 4):
+    """``value`` rounded to ``digits`` significant digits (None and non-finite values pass through)."""
+    import math
+
+    if value is None or not math.isfinite(value) or value == 0:
+        return value
+    return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+
+
+def _length_ticks(values) -> tuple[list, list]:
+    """Tick values and labels for sequence lengths: 512, 1K, 16K, ..."""
+    xs = sorted(set(values))
+    return xs, [f"{x // 1024}K" if x >= 1024 and x % 1024 == 0 else str(x) for x in xs]
+
+
+def scaling_figure(xs: list, series: dict[str, list], y_title: str, x_title: str = "sequence length (tokens)",
+                   title: str | None = None, marks: dict[str, float] | None = None,
+                   dashed: tuple = ()) -> go.Figure:
+    """Log-log lines of a cost (seconds, bytes) against sequence length, one per named series.
+    Introduced in chapter 6.
+
+    xs: the x values (e.g. sequence lengths); series: ``{name: [value per x]}`` (None: not
+    measured); marks: ``{label: x}`` dotted vertical lines (e.g. where two series cross), drawn as
+    traces so they sit at the right place on log axes; dashed: names drawn dashed."""
+    if not series:
+        raise ValueError("series must hold at least one named list of values")
+    for name, ys in series.items():
+        if len(ys) != len(xs):
+            raise ValueError(f"series {name!r} has {len(ys)} values for {len(xs)} x values")
+    fig = go.Figure()
+    values = [y for ys in series.values() for y in ys if y]
+    for i, (name, ys) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=list(xs), y=[_sig(y) for y in ys], name=name, mode="lines+markers",
+                                 line={"color": colour, "dash": "dash" if name in dashed else "solid"},
+                                 hovertemplate=f"{name}<br>{x_title} %{{x}}: %{{y:.4g}}<extra></extra>"))
+    for label, x in (marks or {}).items():
+        fig.add_trace(go.Scatter(x=[_sig(x), _sig(x)], y=[_sig(min(values)), _sig(max(values))], mode="lines+text",
+                                 text=["", label], textposition="top right", showlegend=False,
+                                 line={"dash": "dot", "color": "#555", "width": 1.5}, hoverinfo="skip"))
+    tickvals, ticktext = _length_ticks(xs)
+    fig.update_layout(template=TEMPLATE, title=title, height=400, hovermode="closest",
+                      xaxis={"title": x_title, "type": "log", "tickvals": tickvals, "ticktext": ticktext},
+                      yaxis={"title": y_title, "type": "log", "dtick": 1}, legend={"orientation": "h", "y": -0.22})
+    return fig
+
+
+def _error_points(errors: dict, cap: float, mark_at: float | None = None):
+    """(x, y, diverged x, diverged y) from ``{chunk: relative error}``, y in percent; diverged
+    points are drawn at ``mark_at`` (default ``cap``)."""
+    import math
+
+    xs, ys, dx, dy = [], [], [], []
+    for c, e in sorted(errors.items()):
+        if e is None or not math.isfinite(e) or e * 100 > cap:
+            dx.append(c)
+            dy.append(_sig(mark_at or cap, 3))
+        else:
+            xs.append(c)
+            ys.append(_sig(100 * e, 3))
+    return xs, ys, dx, dy
+
+
+def drift_figure(errors: dict[str, dict], threshold: float | None = 1.0, cap: float = 1000.0,
+                 notes: dict[str, str] | None = None,
+                 title: str = "How far the mini-batch MLP memory drifts from the sequential one") -> go.Figure:
+    """Relative error of the chunked MLP memory's reads against chunk size, one panel per setting
+    and one line per learning rate. Introduced in chapter 6.
+
+    errors: ``{panel: {learning rate: {chunk size: relative error}}}`` (from
+    ``memorylib.chunked.minibatch_drift``; ``inf`` or above ``cap`` percent is drawn as a cross
+    at ``cap``, "diverged"); threshold: a dashed line at that many percent; notes: ``{panel:
+    text}`` added under a panel's title."""
+    if not errors:
+        raise ValueError("errors must hold at least one panel")
+    panels = list(errors)
+    titles = [p + (f"<br><sup>{notes[p]}</sup>" if notes and p in notes else "") for p in panels]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    rates = sorted({lr for by_lr in errors.values() for lr in by_lr})
+    colour = {lr: PALETTE[i % len(PALETTE)] for i, lr in enumerate(rates)}
+    for col, panel in enumerate(panels, start=1):
+        for lr, by_chunk in sorted(errors[panel].items()):
+            # crosses of different rates stacked above the cap, so none hides another
+            xs, ys, dx, dy = _error_points(by_chunk, cap, cap * 1.3 ** rates.index(lr))
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"lr {lr}", legendgroup=str(lr),
+                                     showlegend=col == 1, line={"color": colour[lr]},
+                                     hovertemplate=f"{panel}, lr {lr}<br>chunk %{{x}}: %{{y:.3g}} %<extra></extra>"),
+                          row=1, col=col)
+            if dx:
+                fig.add_trace(go.Scatter(x=dx, y=dy, mode="markers", name="diverged", legendgroup="diverged",
+                                         showlegend=False, marker={"symbol": "x", "size": 10, "color": colour[lr]},
+                                         hovertemplate=f"{panel}, lr {lr}<br>chunk %{{x}}: diverged<extra></extra>"),
+                              row=1, col=col)
+        if threshold is not None:
+            fig.add_trace(go.Scatter(x=[1, max(max(b) for b in errors[panel].values()) if errors[panel] else 2],
+                                     y=[threshold, threshold], mode="lines", showlegend=False, hoverinfo="skip",
+                                     line={"dash": "dash", "color": "#888", "width": 1}), row=1, col=col)
+    if any(t.name == "diverged" for t in fig.data):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="diverged",
+                                 marker={"symbol": "x", "size": 10, "color": "#555"}))
+    chunks = sorted({c for by_lr in errors.values() for by_c in by_lr.values() for c in by_c})
+    fig.update_xaxes(type="log", tickvals=chunks, title_text="chunk size")
+    fig.update_yaxes(type="log", dtick=1)
+    fig.update_yaxes(title_text="relative error of the reads (%)", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=420, hovermode="closest",
+                      legend={"orientation": "h", "y": -0.25}, margin={"t": 110})
+    return fig
+
+
+def _decade_ticks(lo: float, hi: float) -> list:
+    """1, 2, 5 times powers of ten between ``lo`` and ``hi`` (tick values for a log axis)."""
+    import math
+
+    ticks = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        ticks += [m * 10.0 ** e for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    return [_sig(t, 1) for t in ticks]
+
+
+def _percent(error: float, cap: float) -> float:
+    import math
+
+    return cap if not math.isfinite(error) else _sig(min(100 * error, cap), 3)
+
+
+def _tradeoff_traces(table: dict, chunk: int, profile: tuple | None, cap: float):
+    """Traces of one step of the chunk-size trade-off, as (trace, column), and the table's row."""
+    sizes = sorted(table)
+    us = [_sig(table[c]["us_per_token"], 3) for c in sizes]
+    err = [_percent(table[c]["error"], cap) for c in sizes]
+    at = sizes.index(chunk)
+    out = [(go.Scatter(x=us, y=err, mode="lines+markers+text", text=[str(c) for c in sizes],
+                       textposition="top center", name="every chunk size", showlegend=False,
+                       line={"color": "#bbb"}, marker={"color": "#bbb", "size": 7},
+                       hovertemplate="chunk %{text}: %{x:.3g} µs per token, drift %{y:.3g} %<extra></extra>"), 1),
+           (go.Scatter(x=[us[at]], y=[err[at]], mode="markers", name=f"chunk {chunk}", showlegend=False,
+                       marker={"color": PALETTE[1], "size": 14}, hoverinfo="skip"), 1)]
+    if profile is not None:
+        positions, values = profile
+        out.append((go.Scatter(x=list(positions), y=[_percent(v / 100, cap) for v in values], mode="lines",
+                               name=f"chunk {chunk}", showlegend=False, line={"color": PALETTE[1], "width": 2},
+                               hovertemplate=f"chunk {chunk}<br>tokens from %{{x}}: drift %{{y:.3g}} %<extra></extra>"), 2))
+    return out, table[chunk]
+
+
+def _tradeoff_layout(fig, title: str, table: dict, cap: float, lowest: float):
+    import math
+
+    us = [table[c]["us_per_token"] for c in table]
+    fig.update_xaxes(type="log", title_text="time per token (µs)", tickvals=_decade_ticks(min(us) / 1.5, max(us) * 1.5),
+                     row=1, col=1)
+    fig.update_xaxes(title_text="token position (start of a 16-token window)", row=1, col=2)
+    fig.update_yaxes(type="log", range=[math.log10(lowest), math.log10(cap) + 0.2], dtick=1)
+    fig.update_yaxes(title_text="relative error of the reads (%)", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=440, margin={"t": 90})
+
+
+def _tradeoff_title(chunk: int, row: dict, baseline_us: float | None) -> str:
+    import math
+
+    err = row["error"]
+    text = f"chunk {chunk}: {row['us_per_token']:.3g} µs per token"
+    if baseline_us:
+        text += f" ({baseline_us / row['us_per_token']:.1f}x token by token)"
+    return text + ", drift " + (f"{100 * err:.3g} %" if math.isfinite(err) and err <= 10 else "diverged")
+
+
+_TRADEOFF_PANELS = ("speed against drift, every chunk size", "drift along the stream")
+
+
+def chunk_tradeoff_figure(table: dict, chunk: int, profile: tuple | None = None, baseline_us: float | None = None,
+                          cap: float = 1000.0, lowest: float = 0.001) -> go.Figure:
+    """Speed against fidelity of the chunked MLP memory, one chunk size highlighted. Introduced in
+    chapter 6.
+
+    table: ``{chunk size: {"us_per_token": µs, "error": relative error}}`` (the grey curve, left);
+    profile: ``(positions, drift in percent)`` of the highlighted chunk size along the stream
+    (right; ``memorylib.chunked.drift_profile``); baseline_us: the token-by-token time per token,
+    for the speed-up in the title. Errors above ``cap`` percent or not finite are drawn at ``cap``
+    (diverged); ``lowest`` is the bottom of the error axis, in percent."""
+    if chunk not in table:
+        raise ValueError(f"chunk {chunk} is not in the table's chunk sizes {sorted(table)}")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.1,
+                        subplot_titles=_TRADEOFF_PANELS)
+    traces, row = _tradeoff_traces(table, chunk, profile, cap)
+    for trace, col in traces:
+        fig.add_trace(trace, row=1, col=col)
+    _tradeoff_layout(fig, _tradeoff_title(chunk, row, baseline_us), table, cap, lowest)
+    return fig
+
+
+def chunk_slider_figure(table: dict, profiles: dict, baseline_us: float | None = None, active: int | None = None,
+                        cap: float = 1000.0, lowest: float = 0.001) -> go.Figure:
+    """:func:`chunk_tradeoff_figure` with a slider over chunk sizes that works in a static page.
+    Introduced in chapter 6.
+
+    profiles: ``{chunk size: (positions, drift in percent)}``, one slider step per entry (each must
+    be in ``table``); active: the chunk size shown first (default the first)."""
+    if not profiles:
+        raise ValueError("profiles must hold at least one chunk size")
+    missing = [c for c in profiles if c not in table]
+    if missing:
+        raise ValueError(f"chunk sizes {missing} have a profile but no row in the table")
+    sizes = list(profiles)
+    active = sizes[0] if active is None else active
+    if active not in profiles:
+        raise ValueError(f"active must be one of {sizes}, got {active!r}")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.1,
+                        subplot_titles=_TRADEOFF_PANELS)
+    titles = []
+    for j, c in enumerate(sizes):
+        traces, row = _tradeoff_traces(table, c, profiles[c], cap)
+        if j == 0:
+            fig.add_trace(traces[0][0], row=1, col=1)                 # the grey curve, on every step
+        for trace, col in traces[1:]:
+            trace.visible = c == active
+            fig.add_trace(trace, row=1, col=col)
+        titles.append(_tradeoff_title(c, row, baseline_us))
+    steps = [{"method": "update", "label": str(c),
+              "args": [{"visible": [True] + [k // 2 == j for k in range(2 * len(sizes))]}, {"title.text": titles[j]}]}
+             for j, c in enumerate(sizes)]
+    _tradeoff_layout(fig, titles[sizes.index(active)], table, cap, lowest)
+    fig.update_layout(height=500, sliders=[{"active": sizes.index(active), "steps": steps, "pad": {"t": 60},
+                                            "currentvalue": {"prefix": "chunk size: "}}])
+    return fig

@@ -229,3 +229,60 @@ def surprise_explorer(model, tasks: dict, thresholds=(0.1, 0.3, 0.5, 0.7, 0.9, 0
 
     out = live_output(draw, {"threshold": slider, "temperature": temp})
     return w.VBox([w.HBox([slider, temp]), out])
+
+
+# --- chunked parallelism (chapter 6) ------------------------------------------------------------
+
+
+def chunk_size_explorer(stream: dict, learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0), lr: float = 0.1,
+                        chunk_sizes=(2, 4, 8, 16, 32, 64, 128, 256), chunk_size: int = 16,
+                        momentum: float = 0.0, retain: float = 1.0, repeats: int = 3):
+    """A slider over the chunk size of the MLP memory and one over its learning rate, on one
+    stream (``memorylib.chunked.unit_stream``). Each setting is run live: the chunked form is
+    timed in float32 (median of ``repeats``) and its reads compared with the token-by-token ones
+    (float64); ``figures.chunk_tradeoff_figure`` is redrawn with every chunk size measured so far
+    at that learning rate and the drift along the stream (``chunked.drift_profile``). The static
+    book shows the same with ``figures.chunk_slider_figure`` over precomputed chunk sizes.
+    Returns an ``ipywidgets.VBox``. Introduced in chapter 6."""
+    import math
+
+    from .chunked import drift_profile, relative_error, run_mlp_memory, time_call
+    from .figures import chunk_tradeoff_figure
+
+    w = _ipywidgets()
+    if chunk_size not in chunk_sizes or lr not in learning_rates:
+        raise ValueError(f"chunk_size must be one of {tuple(chunk_sizes)} and lr one of {tuple(learning_rates)}, "
+                         f"got {chunk_size!r}, {lr!r}")
+    size = w.SelectionSlider(options=[str(c) for c in chunk_sizes], value=str(chunk_size), description="chunk size",
+                             continuous_update=False)
+    rate = w.SelectionSlider(options=[str(x) for x in learning_rates], value=str(lr), description="learning rate",
+                             continuous_update=False)
+    fast = {k: (v.float() if hasattr(v, "float") else v) for k, v in stream.items()}
+    T = stream["k"].shape[0] * stream["k"].shape[2]
+    cache: dict = {}
+
+    def measure(lr_value: float, c: int | None):
+        key = (lr_value, c)
+        if key not in cache:
+            reads = run_mlp_memory(stream, lr_value, c, momentum, retain)
+            seconds = time_call(lambda: run_mlp_memory(fast, lr_value, c, momentum, retain), repeats)
+            cache[key] = (reads, 1e6 * seconds / T)
+        return cache[key]
+
+    def draw(chunk: str, lr_value: str):
+        c, x = int(chunk), float(lr_value)
+        ref, ref_us = measure(x, None)
+        if not bool(ref.isfinite().all()):
+            print(f"at learning rate {x} the token-by-token memory itself diverges on this stream")
+            return
+        measure(x, c)
+        table = {k: {"us_per_token": us, "error": relative_error(reads, ref)}
+                 for (lr_k, k), (reads, us) in cache.items() if lr_k == x and k is not None}
+        reads = cache[(x, c)][0]
+        profile = drift_profile(reads, ref) if math.isfinite(table[c]["error"]) else None
+        fig = chunk_tradeoff_figure(table, c, profile, baseline_us=ref_us)
+        fig.update_layout(title=f"learning rate {x}, {fig.layout.title.text or ''} (timed live)")
+        fig.show()
+
+    out = live_output(draw, {"chunk": size, "lr_value": rate})
+    return w.VBox([w.HBox([size, rate]), out])

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 import memorylib  # noqa: E402
 from memorylib.analysis import slot_statistics  # noqa: E402
 from memorylib.experiments import run  # noqa: E402
+from memorylib.models import SlotMemoryModel  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
 from memorylib.tasks import TaskMixture  # noqa: E402
 from memorylib.training import evaluate  # noqa: E402
@@ -153,11 +154,13 @@ def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
                         result["eval"][f"{name}@{slots}"] = evaluate(net, task, num_examples=num_examples, seed=seed)
             stats = {}
             for name, task in row_evals.items():
+                if not isinstance(net, SlotMemoryModel):
+                    break                     # the learned memories of chapter 5 have no slots
                 batch = task.sample(64, seed=12345 + seed)
                 with torch.no_grad():
                     _, trace = net.eval()(batch.tokens, return_trace=True)
                 stats[name] = slot_statistics(trace)
-            result["slot_statistics"] = stats
+            result["slot_statistics"] = stats or None
             result["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(result)
             trained.append((result, net))

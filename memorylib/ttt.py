@@ -5,7 +5,7 @@ The memory of one head is a two-layer network ``f(x) = W2 silu(W1 x)`` (``W1``: 
 ``W2``: value_dim x hidden). Reading with a query is a forward pass, ``o_t = f_t(q_t)``. Writing
 the pair ``(k_t, v_t)`` is one gradient step on ``l_t(W) = 1/2 ||f_W(k_t) - v_t||^2`` with a
 per-token learning rate ``theta_t``, carried by momentum ``eta_t`` and applied after a retention
-factor ``a_t`` (the Titans form, Behrouz et al. 2025: the momentum ``S`` is the "past surprise",
+factor ``a_t`` (the Titans form, Behrouz et al. 2024: the momentum ``S`` is the "past surprise",
 ``1 - a_t`` is weight decay, i.e. forgetting)::
 
     S_t = eta_t S_{t-1} - theta_t grad l_t(W_{t-1})
@@ -26,7 +26,7 @@ Two forms:
 
 * :func:`mlp_memory_reference`: the recurrence above, one token at a time (every gradient at the
   weights the previous token left);
-* :func:`mlp_memory`: the chunked mini-batch form (Sun et al. 2024; Behrouz et al. 2025). Inside a
+* :func:`mlp_memory`: the chunked mini-batch form (Sun et al. 2024; Behrouz et al. 2024). Inside a
   chunk of ``C`` tokens every gradient is taken at the chunk-start weights ``W_0`` (so they can be
   computed together); the momentum and retention recurrences are linear, so the weights after
   token ``t`` are ``W_t = A_t W_0 + b_t S_0 - sum_{s<=t} c_{ts} grad l_s(W_0)`` with scalar

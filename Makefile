@@ -1,4 +1,4 @@
-# Build and check the book.   make book | make test | make chapters | make clean
+# Build and check the book.   make book | make test | make chapters | make clean | make benchmark
 # Everything runs in .venv, made from the pinned requirements.txt (see book/how_to_run.md).
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SANITIZE := --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: venv book test chapters clean
+.PHONY: venv book test chapters clean benchmark
 
 venv: $(STAMP)
 
@@ -29,6 +29,21 @@ test: venv book
 # Re-execute the chapters and store their outputs (the book renders these).
 chapters: venv
 	$(BIN)/python tools/execute_chapters.py
+
+# Speed and memory of the memory modules against full attention and titans-pytorch (chapter 6):
+# its own .venv-bench (the book's pins do not include titans-pytorch); writes
+# book/results/ch06_benchmark.json. About 4 minutes on 2 cores; see benchmarks/README.md.
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): benchmarks/requirements-titans.txt pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-titans.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+benchmark: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/memory_speed.py
 
 clean:
 	rm -rf _build book/assets/vendor

@@ -508,6 +508,40 @@ def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dic
     return fig
 
 
+# --- memories that learn (chapter 5) -----------------------------------------------------------
+
+
+def recall_by_age_figure(curves: dict, parameter: str = "retention",
+                         title: str = "Which pairs a memory still holds") -> go.Figure:
+    """A slider over a parameter (chapter 5: the retention ``a``), one step per value; on each
+    step, recall against age (how many pairs were written after it) for every memory. Works in a
+    static page with no kernel. curves: ``{value: {memory name: by_age list}}`` (by_age as
+    returned by :func:`memorylib.recall.store_and_recall`). Introduced in chapter 5."""
+    if not curves:
+        raise ValueError(f"curves must hold at least one {parameter}")
+    values = list(curves)
+    names = list(curves[values[0]])
+    fig = go.Figure()
+    for j, value in enumerate(values):
+        for i, name in enumerate(names):
+            by_age = curves[value][name]
+            fig.add_trace(go.Scatter(x=list(range(len(by_age))), y=_r(by_age, 3), name=name, mode="lines",
+                                     line={"color": PALETTE[i % len(PALETTE)]}, visible=j == 0,
+                                     legendgroup=name, showlegend=True,
+                                     hovertemplate=f"{name}, {parameter} {value}<br>written %{{x}} pairs before the end: "
+                                                   "recall %{y:.2f}<extra></extra>"))
+    steps = [{"method": "update", "label": str(value),
+              "args": [{"visible": [k // len(names) == j for k in range(len(values) * len(names))]}]}
+             for j, value in enumerate(values)]
+    fig.update_layout(template=TEMPLATE, title=title, height=430,
+                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": f"{parameter}: "},
+                                "pad": {"t": 50}}],
+                      xaxis_title="age: pairs written after this one",
+                      yaxis={"title": "recall (nearest stored value is its own)", "range": [-0.02, 1.05]},
+                      legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
 # --- chunked parallelism (chapter 6) ------------------------------------------------------------
 
 

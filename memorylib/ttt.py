@@ -5,7 +5,7 @@ The memory of one head is a two-layer network ``f(x) = W2 silu(W1 x)`` (``W1``: 
 ``W2``: value_dim x hidden). Reading with a query is a forward pass, ``o_t = f_t(q_t)``. Writing
 the pair ``(k_t, v_t)`` is one gradient step on ``l_t(W) = 1/2 ||f_W(k_t) - v_t||^2`` with a
 per-token learning rate ``theta_t``, carried by momentum ``eta_t`` and applied after a retention
-factor ``a_t`` (the Titans form, Behrouz et al. 2025: the momentum ``S`` is the "past surprise",
+factor ``a_t`` (the Titans form, Behrouz et al. 2024: the momentum ``S`` is the "past surprise",
 ``1 - a_t`` is weight decay, i.e. forgetting)::
 
     S_t = eta_t S_{t-1} - theta_t grad l_t(W_{t-1})
@@ -26,7 +26,7 @@ Two forms:
 
 * :func:`mlp_memory_reference`: the recurrence above, one token at a time (every gradient at the
   weights the previous token left);
-* :func:`mlp_memory`: the chunked mini-batch form (Sun et al. 2024; Behrouz et al. 2025). Inside a
+* :func:`mlp_memory`: the chunked mini-batch form (Sun et al. 2024; Behrouz et al. 2024). Inside a
   chunk of ``C`` tokens every gradient is taken at the chunk-start weights ``W_0`` (so they can be
   computed together); the momentum and retention recurrences are linear, so the weights after
   token ``t`` are ``W_t = A_t W_0 + b_t S_0 - sum_{s<=t} c_{ts} grad l_s(W_0)`` with scalar
@@ -160,25 +160,58 @@ def mlp_memory_reference(q, k, v, lr, momentum=None, retain=None, *, state: MLPM
     return out, MLPMemoryState(w1, w2, s1, s2)
 
 
-def _chunk(q, k, v, lr, momentum, retain, w1, w2, s1, s2, update: bool):
-    """One chunk of the mini-batch form: reads for its tokens, and (``update``) the state after it."""
+def _gates(lr, momentum, retain) -> dict:
+    """The scalar algebra of a chunk, for inputs ``(..., C)`` (momentum, retain: None = off).
+
+    ``coef[t, s]``: the weight of token ``s``'s gradient in ``W_t``; ``A[t]``: of ``W_0``;
+    ``b[t]``: of the momentum ``S_0``; ``m_last[s]`` and ``p_last``: the same for ``S`` after the
+    chunk. Depends on the gates only, so it is computed for all chunks at once."""
+    C = lr.shape[-1]
+    ones = torch.ones(C, C, dtype=lr.dtype, device=lr.device).tril()
+    RA = ones if retain is None else decay_products(retain)             # a_{j+1} ... a_t
+    RP = torch.eye(C, dtype=lr.dtype, device=lr.device) if momentum is None else decay_products(momentum)
+    if momentum is None:
+        coef = RA * lr[..., None, :]
+    elif retain is None:
+        coef = RP.cumsum(-2) * lr[..., None, :]                          # RA @ RP with RA all ones
+    else:
+        coef = (RA @ RP) * lr[..., None, :]
+    g = {"coef": coef, "c_last": coef[..., -1, :, None], "m_last": (RP[..., -1, :] * lr)[..., None],
+         "A": None if retain is None else retain.cumprod(-1)[..., None], "b": None, "p_last": None}
+    if momentum is not None:
+        p = momentum.cumprod(-1)[..., None]
+        g["b"] = p.cumsum(-2) if retain is None else RA @ p
+        g["p_last"] = p[..., -1:, :]
+    return g
+
+
+def _scaled(g: dict, name: str, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+    """``g[name] * x`` (its last row only with ``last``), or ``x`` where the factor is all ones."""
+    f = g[name]
+    return x if f is None else (f[..., -1:, :] if last else f) * x
+
+
+def _chunk(q, k, v, g: dict, coef_qk, w1, w2, s1, s2, update: bool):
+    """One chunk of the mini-batch form: reads for its tokens, and (``update``) the state after
+    it. ``g``: :func:`_gates` of the chunk; ``coef_qk = g["coef"] * (q @ k^T)``."""
     d, e, h = token_gradients(w1, w2, k, v)                             # all at the chunk-start weights
-    RP, RA = decay_products(momentum), decay_products(retain)           # (B, H, C, C)
-    coef = (RA @ RP) * lr[..., None, :]                                 # c[t, s]: weight of grad_s in W_t
-    A = retain.cumprod(-1)[..., None]                                   # (B, H, C, 1)
-    b = (RA @ momentum.cumprod(-1)[..., None])                          # (B, H, C, 1)
-    z = A * (q @ w1.transpose(-1, -2)) + b * (q @ s1.transpose(-1, -2)) - (coef * (q @ k.transpose(-1, -2))) @ d
+    z = _scaled(g, "A", q @ w1.transpose(-1, -2)) - coef_qk @ d
+    if g["b"] is not None:
+        z = z + g["b"] * (q @ s1.transpose(-1, -2))
     hq = F.silu(z)
-    out = A * (hq @ w2.transpose(-1, -2)) + b * (hq @ s2.transpose(-1, -2)) - (coef * (hq @ h.transpose(-1, -2))) @ e
+    out = _scaled(g, "A", hq @ w2.transpose(-1, -2)) - (g["coef"] * (hq @ h.transpose(-1, -2))) @ e
+    if g["b"] is not None:
+        out = out + g["b"] * (hq @ s2.transpose(-1, -2))
     if not update:
         return out, None
-    c_last = coef[..., -1, :, None]                                     # (B, H, C, 1)
-    m_last = (RP[..., -1, :] * lr)[..., None]
-    p_last = momentum.prod(-1)[..., None, None]
-    w1n = A[..., -1:, :] * w1 + b[..., -1:, :] * s1 - (d * c_last).transpose(-1, -2) @ k
-    w2n = A[..., -1:, :] * w2 + b[..., -1:, :] * s2 - (e * c_last).transpose(-1, -2) @ h
-    s1n = p_last * s1 - (d * m_last).transpose(-1, -2) @ k
-    s2n = p_last * s2 - (e * m_last).transpose(-1, -2) @ h
+    c_last, m_last = g["c_last"], g["m_last"]
+    w1n = _scaled(g, "A", w1, last=True) - (d * c_last).transpose(-1, -2) @ k
+    w2n = _scaled(g, "A", w2, last=True) - (e * c_last).transpose(-1, -2) @ h
+    s1n = -(d * m_last).transpose(-1, -2) @ k
+    s2n = -(e * m_last).transpose(-1, -2) @ h
+    if g["b"] is not None:
+        w1n, w2n = w1n + g["b"][..., -1:, :] * s1, w2n + g["b"][..., -1:, :] * s2
+        s1n, s2n = s1n + g["p_last"] * s1, s2n + g["p_last"] * s2
     return out, (w1n, w2n, s1n, s2n)
 
 
@@ -187,16 +220,20 @@ _PENDING = ("k", "v", "lr", "momentum", "retain")
 
 def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState, chunk_size: int = 16):
     """The chunked mini-batch MLP memory. Returns ``(out, state)``. ``chunk_size=1`` equals
-    :func:`mlp_memory_reference`; streaming in pieces (state carried) equals one call."""
+    :func:`mlp_memory_reference`; streaming in pieces (state carried) equals one call.
+
+    Everything that depends on the gates only (``momentum`` or ``retain`` None skips its part)
+    and ``q @ k^T`` inside each chunk is computed for all chunks at once; the loop over chunks
+    does only what needs the chunk-start weights."""
     _check(q, k, v, lr, momentum, retain, state)
     _check_int("chunk_size", chunk_size, 1)
     if state.pending and state.chunk_size != chunk_size:
         raise ValueError(f"this state holds an unfinished chunk of chunk_size={state.chunk_size}; "
                          f"continue with that chunk_size, got chunk_size={chunk_size}")
-    momentum, retain = _defaults(lr, momentum, retain)
     offset = 0
     if state.pending:
         # finish the chunk the last call left open: its tokens again, outputs dropped
+        momentum, retain = _defaults(lr, momentum, retain)
         p = state.pending
         offset = p["k"].shape[2]
         q = torch.cat([q.new_zeros(p["k"].shape), q], dim=2)
@@ -204,17 +241,27 @@ def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState
         lr, momentum, retain = (torch.cat([p[n], x], dim=2) for n, x in
                                 (("lr", lr), ("momentum", momentum), ("retain", retain)))
     w1, w2, s1, s2 = state.w1, state.w2, state.s1, state.s2
-    T = k.shape[2]
+    B, H, T, _ = k.shape
+    C = chunk_size
+    N = T // C                                                          # full chunks
     outs, pending = [], None
-    for start in range(0, T, chunk_size):
-        sl = slice(start, start + chunk_size)
-        full = start + chunk_size <= T
-        out, new = _chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], momentum[:, :, sl],
-                          retain[:, :, sl], w1, w2, s1, s2, update=full)
+    if N:
+        split = lambda x: None if x is None else x[:, :, :N * C].reshape(B, H, N, C, *x.shape[3:])
+        qs, ks, vs = split(q), split(k), split(v)
+        g_all = _gates(split(lr), split(momentum), split(retain))
+        coef_qk = g_all["coef"] * (qs @ ks.transpose(-1, -2))           # (B, H, N, C, C)
+        for n in range(N):
+            g = {name: None if x is None else x[:, :, n] for name, x in g_all.items()}
+            out, (w1, w2, s1, s2) = _chunk(qs[:, :, n], ks[:, :, n], vs[:, :, n], g, coef_qk[:, :, n],
+                                           w1, w2, s1, s2, update=True)
+            outs.append(out)
+    if N * C < T:                                                       # an unfinished chunk: read, keep
+        sl = slice(N * C, T)
+        mom, ret = _defaults(lr, momentum, retain)
+        g = _gates(lr[:, :, sl], None if momentum is None else mom[:, :, sl], None if retain is None else ret[:, :, sl])
+        out, _ = _chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], g, g["coef"] * (q[:, :, sl] @ k[:, :, sl].transpose(-1, -2)),
+                        w1, w2, s1, s2, update=False)
         outs.append(out)
-        if full:
-            w1, w2, s1, s2 = new
-        else:
-            pending = {n: x[:, :, sl] for n, x in zip(_PENDING, (k, v, lr, momentum, retain))}
+        pending = {n: x[:, :, sl] for n, x in zip(_PENDING, (k, v, lr, mom, ret))}
     out = torch.cat(outs, dim=2)[:, :, offset:] if outs else v.new_zeros(v.shape)
     return out, MLPMemoryState(w1, w2, s1, s2, pending, chunk_size if pending else None)

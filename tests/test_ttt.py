@@ -69,9 +69,10 @@ def test_chunk_size_one_equals_the_sequential_reference(momentum, retain):
         assert (a - b).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("momentum,retain", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("chunk_size", [2, 5, 16, 37, 64])
-def test_chunked_form_equals_a_naive_minibatch_loop(chunk_size):
-    q, k, v, lr, mom, ret, w1, w2 = inputs()
+def test_chunked_form_equals_a_naive_minibatch_loop(chunk_size, momentum, retain):
+    q, k, v, lr, mom, ret, w1, w2 = inputs(momentum=momentum, retain=retain)
     out, state = mlp_memory(q, k, v, lr, mom, ret, state=MLPMemoryState.initial(w1, w2, B), chunk_size=chunk_size)
     loop, W1, W2 = minibatch_loop(q, k, v, lr, mom, ret, w1, w2, chunk_size)
     assert (out - loop).abs().max() < 1e-10
@@ -83,15 +84,17 @@ def test_chunked_form_equals_a_naive_minibatch_loop(chunk_size):
     assert (out - ref).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("gates", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 4, 16])
-def test_streaming_in_pieces_equals_one_call(chunk_size):
-    q, k, v, lr, mom, ret, w1, w2 = inputs(T=50)
+def test_streaming_in_pieces_equals_one_call(chunk_size, gates):
+    q, k, v, lr, mom, ret, w1, w2 = inputs(T=50, momentum=gates, retain=gates)
     state0 = MLPMemoryState.initial(w1, w2, B)
     whole, whole_state = mlp_memory(q, k, v, lr, mom, ret, state=state0, chunk_size=chunk_size)
     outs, state = [], state0
     for lo, hi in [(0, 3), (3, 4), (4, 21), (21, 22), (22, 50)]:
         sl = slice(lo, hi)
-        o, state = mlp_memory(q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], mom[:, :, sl], ret[:, :, sl],
+        part = lambda x: None if x is None else x[:, :, sl]
+        o, state = mlp_memory(q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], part(mom), part(ret),
                               state=state, chunk_size=chunk_size)
         outs.append(o)
     assert (torch.cat(outs, dim=2) - whole).abs().max() < 1e-12

@@ -1,0 +1,90 @@
+"""Store key -> value pairs in a memory by writing them, then ask for them back. Introduced in
+chapter 5 (capacity at equal state size; retention as forgetting).
+
+No outer model and no training: random unit keys and values, written in order by the memory's
+own write rule, then every key is read back. A read counts as recalled when the stored value
+nearest to it (by cosine) is its own, so chance is ``1 / num_pairs``. Each trial is one
+independent stream (a batch element); results carry a Wilson interval over all queries.
+
+Memories (``kind``), with state sizes for ``dim = d`` and ``hidden = h``:
+
+* ``"delta"``: a ``d x d`` matrix written by the delta rule (:mod:`memorylib.delta_rule`);
+* ``"additive"``: the same matrix, additive write ``M += lr v k^T`` (linear attention);
+* ``"mlp"``: ``f(x) = W2 silu(W1 x)`` with ``W1: h x d``, ``W2: d x h`` (``2 d h`` numbers),
+  written by one gradient step per pair (:mod:`memorylib.ttt`), starting from fixed random
+  weights. ``h = d / 2`` gives the matrix's state size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .delta_rule import delta_rule
+from .stats import wilson_interval
+from .tasks import _check_int
+from .ttt import MLPMemoryState, mlp_apply, mlp_memory_reference
+
+RECALL_KINDS = ("delta", "additive", "mlp")
+
+
+def random_pairs(trials: int, num_pairs: int, dim: int, seed: int):
+    """Unit keys and values ``(trials, 1, num_pairs, dim)`` from a fixed seed."""
+    g = torch.Generator().manual_seed(seed)
+    keys = F.normalize(torch.randn(trials, 1, num_pairs, dim, generator=g), dim=-1)
+    values = F.normalize(torch.randn(trials, 1, num_pairs, dim, generator=g), dim=-1)
+    return keys, values
+
+
+def write_pairs(kind: str, keys: torch.Tensor, values: torch.Tensor, lr: float = 1.0, passes: int = 1,
+                retain: float = 1.0, hidden: int | None = None, seed: int = 0):
+    """Write the pairs ``passes`` times in order; returns ``read(queries) -> outputs``, a function
+    reading the final memory. ``retain`` multiplies the memory before every write (1: never
+    forget). ``hidden`` (MLP only, default ``dim // 2``)."""
+    if kind not in RECALL_KINDS:
+        raise ValueError(f"kind must be one of {RECALL_KINDS}, got {kind!r}")
+    _check_int("passes", passes, 1)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not 0 < retain <= 1:
+        raise ValueError(f"retain must be in (0, 1], got {retain!r}")
+    B, _, N, D = keys.shape
+    rate = torch.full((B, 1, N), float(lr))
+    keep = None if retain == 1 else torch.full((B, 1, N), float(retain))
+    if kind == "mlp":
+        hidden = D // 2 if hidden is None else hidden
+        g = torch.Generator().manual_seed(10_000 + seed)
+        w1 = torch.randn(1, hidden, D, generator=g) / D ** 0.5
+        w2 = torch.randn(1, D, hidden, generator=g) / hidden ** 0.5
+        state = MLPMemoryState.initial(w1, w2, B)
+        for _ in range(passes):
+            _, state = mlp_memory_reference(keys, keys, values, rate, retain=keep, state=state)
+        return lambda q: mlp_apply(state.w1, state.w2, q)
+    M = None
+    for _ in range(passes):
+        _, M = delta_rule(keys, keys, values, rate, keep, state=M, chunk_size=64, erase=kind == "delta")
+    return lambda q: q @ M.transpose(-1, -2)
+
+
+def recalled(reads: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``(trials, num_pairs)`` bool: is the stored value nearest (cosine) to each read its own?"""
+    sims = F.normalize(reads, dim=-1) @ values.transpose(-1, -2)     # (B, 1, N, N)
+    return (sims.argmax(-1) == torch.arange(values.shape[2]))[:, 0]
+
+
+def store_and_recall(kind: str, num_pairs: int, dim: int = 32, trials: int = 32, seed: int = 0, **write_kwargs) -> dict:
+    """Write ``num_pairs`` random pairs (``trials`` independent streams) and query every key.
+
+    Returns ``{"accuracy", "ci", "n", "by_age"}``; ``by_age[j]`` is the accuracy for the pair
+    written ``j`` pairs before the last (0: the most recent)."""
+    _check_int("num_pairs", num_pairs, 1)
+    _check_int("dim", dim, 1)
+    _check_int("trials", trials, 1)
+    keys, values = random_pairs(trials, num_pairs, dim, seed)
+    read = write_pairs(kind, keys, values, seed=seed, **write_kwargs)
+    with torch.no_grad():
+        hits = recalled(read(keys), values)
+    n, k = hits.numel(), int(hits.sum())
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": round(k / n, 4), "ci": [round(lo, 4), round(hi, 4)], "n": n,
+            "by_age": [round(float(x), 4) for x in hits.float().mean(0).flip(0)]}

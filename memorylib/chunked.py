@@ -1,6 +1,8 @@
 """What chunking buys and what it costs: streams for the memories' functional API, the drift of
-the mini-batch MLP memory from its sequential definition, recall after a stream of writes, a
-timer, and the benchmark file. Introduced in chapter 6.
+the mini-batch MLP memory from its sequential definition (on stated streams and on a trained
+model's own inputs), a trained model run at another chunk size, a timer, and the benchmark
+record. Introduced in chapter 6. (Recall after a stream of chunked writes: ``memorylib.recall``
+with ``chunk_size``.)
 
 The chunked delta rule (:func:`memorylib.delta_rule.delta_rule`) is exact: it computes the
 recurrence in another order. The chunked MLP memory (:func:`memorylib.ttt.mlp_memory`) is not:
@@ -23,6 +25,7 @@ import math
 import pathlib
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -145,35 +148,65 @@ def describe_error(error: float) -> str:
     return f"{100 * error:.3g} %"
 
 
-# --- recall after a stream of writes ------------------------------------------------------------
+# --- a trained model's memory at another chunk size ----------------------------------------------
 
 
-def recall_stream(num_pairs: int, dim: int, batch_size: int, hidden: int | None = None, shared: float = 0.0,
-                  seed: int = 0, dtype=torch.float64) -> dict:
-    """``num_pairs`` writes of random unit (key, value) pairs, then one read of every key in a
-    random order. The stream has ``2 * num_pairs`` tokens; ``write`` (B, 1, 2N) is 1 on the writes
-    and 0 on the reads (multiply the learning rate by it: a token with rate 0 writes nothing).
-    Returns ``unit_stream``'s dict plus ``write``, ``values`` (B, 1, N, dim) and ``order`` (B, N):
-    read ``i`` asks for pair ``order[:, i]``."""
-    _check_int("num_pairs", num_pairs, 1)
-    s = unit_stream(batch_size, num_pairs, dim, hidden, shared, seed, dtype)
-    g = torch.Generator().manual_seed(seed + 1)
-    order = torch.stack([torch.randperm(num_pairs, generator=g) for _ in range(batch_size)])
-    asked = s["k"].gather(2, order[:, None, :, None].expand(-1, 1, -1, dim))
-    write = torch.cat([torch.ones(batch_size, 1, num_pairs, dtype=dtype), torch.zeros(batch_size, 1, num_pairs, dtype=dtype)], 2)
-    return {"q": torch.cat([s["k"], asked], 2), "k": torch.cat([s["k"], asked], 2),
-            "v": torch.cat([s["v"], torch.zeros_like(s["v"])], 2), "w1": s["w1"], "w2": s["w2"],
-            "write": write, "values": s["v"], "order": order}
+@contextmanager
+def chunking(model, chunk_size: int | None):
+    """Temporarily run the memory of a :class:`~memorylib.models.LearnedMemoryModel` with
+    ``chunk_size`` tokens per chunk, or token by token (its reference form) when None."""
+    if chunk_size is not None:
+        _check_int("chunk_size", chunk_size, 1)
+    old = model.chunk_size, model.reference
+    if chunk_size is None:
+        model.reference = True
+    else:
+        model.chunk_size, model.reference = chunk_size, False
+    try:
+        yield model
+    finally:
+        model.chunk_size, model.reference = old
 
 
-def recall_accuracy(reads: torch.Tensor, stream: dict) -> float:
-    """Fraction of the reads of a :func:`recall_stream` whose read vector is closer (cosine) to
-    the value stored under the asked key than to any other stored value. ``reads``: the memory's
-    reads over the whole stream (B, 1, 2N, dim)."""
-    N = stream["order"].shape[1]
-    got = _unit(reads[:, :, N:])
-    sims = got @ _unit(stream["values"]).transpose(-1, -2)                  # (B, 1, N, N)
-    return float((sims[:, 0].argmax(-1) == stream["order"]).double().mean())
+def chunk_size_curve(model, task, chunk_sizes, **eval_kwargs) -> dict:
+    """``{chunk size: evaluate(model, task, **eval_kwargs)}`` with the memory run at each chunk
+    size; chunk size 1 is run token by token (the reference form: the same numbers, faster)."""
+    from .training import evaluate
+
+    if not chunk_sizes:
+        raise ValueError("chunk_sizes must hold at least one chunk size")
+    curve = {}
+    for c in chunk_sizes:
+        with chunking(model, None if c == 1 else c):
+            curve[c] = evaluate(model, task, **eval_kwargs)
+    return curve
+
+
+def model_memory_drift(model, tokens: torch.Tensor, chunk_sizes) -> dict:
+    """The drift of a trained MLP-memory model's memory on its own inputs: the queries, keys,
+    values and learned gates it makes from ``tokens: (batch, seq_len)``, run in float64 token by
+    token and at each chunk size. Returns ``{"error": {chunk size: relative error}, "inputs":
+    {"lr", "lr_max", "momentum", "retain", "key_cosine"}}`` (means over tokens; None when a gate
+    is off)."""
+    if getattr(model, "kind", None) != "mlp":
+        raise ValueError(f"model_memory_drift needs a model with an MLP memory (kind='mlp'), got "
+                         f"{getattr(model, 'kind', type(model).__name__)!r}: the chunked delta rule is exact")
+    with torch.no_grad():
+        x = model.memory_inputs(model.features(tokens))
+    stream = {"q": x["q"].double(), "k": x["k"].double(), "v": x["v"].double(),
+              "w1": model.w1.detach().double(), "w2": model.w2.detach().double()}
+    gates = {name: None if x[name] is None else x[name].double() for name in ("lr", "momentum", "retain")}
+    state = MLPMemoryState.initial(stream["w1"], stream["w2"], tokens.shape[0])
+    args = (stream["q"], stream["k"], stream["v"], gates["lr"], gates["momentum"], gates["retain"])
+    with torch.no_grad():
+        reference = mlp_memory_reference(*args, state=state)[0]
+        error = {c: relative_error(mlp_memory(*args, state=state, chunk_size=c)[0], reference) for c in chunk_sizes}
+    k = x["k"]
+    T = k.shape[2]
+    cos = ((k @ k.transpose(-1, -2)).sum((-1, -2)) - T).mean() / (T * (T - 1)) if T > 1 else torch.zeros(())
+    mean = lambda name: None if x[name] is None else float(x[name].mean())     # noqa: E731
+    return {"error": error, "inputs": {"lr": mean("lr"), "lr_max": float(x["lr"].max()), "momentum": mean("momentum"),
+                                       "retain": mean("retain"), "key_cosine": float(cos)}}
 
 
 # --- timing and the benchmark file ------------------------------------------------------------
@@ -191,39 +224,72 @@ def time_call(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-BENCHMARK_SECTIONS = ("forward", "attention", "state", "chunk_sweep", "training")
+BENCHMARK_SECTIONS = ("config", "loop_vs_chunked", "linear_vs_attention", "state_bytes", "training", "targets")
+
+# the rows of benchmarks/memory_speed.py, by method, and the names the chapter shows them under
+_FORWARD = {"delta_loop": "delta rule, token by token", "delta_chunked": "delta rule, chunk {C}",
+            "mlp_loop": "MLP memory, token by token", "mlp_chunked": "MLP memory, chunk {C}"}
+_ATTENTION = {"additive_chunked": "linear memory, chunk {C}", "delta_chunked": "delta rule, chunk {C}",
+              "attention": "causal attention (SDPA)"}
+_TRAINING = {"ours_chunked": "memorylib, chunk {C}", "ours_loop": "memorylib, token by token",
+             "titans_chunk_by_chunk": "titans-pytorch, chunk by chunk",
+             "titans_one_call_batch16": "titans-pytorch, one call, batch_size 16",
+             "titans_one_call_default": "titans-pytorch, one call, default"}
+
+
+def _series(rows: list, names: dict, value: str = "median_s") -> dict:
+    """``{"seq_lens": [...], "seconds": {name: [value per length, None where missing]}, "extrapolated": bool}``."""
+    lengths = sorted({r["seq_len"] for r in rows if r["method"] in names})
+    out: dict = {}
+    for r in rows:
+        if r["method"] not in names:
+            continue
+        name = names[r["method"]].format(C=r.get("chunk_size"))
+        out.setdefault(name, [None] * len(lengths))[lengths.index(r["seq_len"])] = r[value]
+    return {"seq_lens": lengths, "seconds": out, "extrapolated": any(r.get("extrapolated") for r in rows)}
 
 
 def load_chunked_benchmark(path) -> dict:
-    """Read chapter 6's benchmark JSON (``book/results/ch06_benchmark.json``) and check it has
-    what the chapter plots. The one place that knows the file's layout::
+    """Read chapter 6's benchmark record (``book/results/ch06_benchmark.json``, written by
+    ``benchmarks/memory_speed.py``; its README describes the file) into the few tables the chapter
+    plots. The one place that knows the file's layout. Returns::
 
-        {"command": str, "machine": {"cpu": str, "threads": int, "torch": str, ...},
-         "provisional": bool (optional), "dtype": str, "statistic": str,
-         "forward":   {"config": {...}, "seq_lens": [T...], "seconds": {name: [s per T]}},
-         "attention": {"config": {...}, "seq_lens": [T...], "seconds": {name: [s per T]}},
-         "state":     {"config": {...}, "seq_lens": [T...], "bytes":   {name: [bytes per T]}},
-         "chunk_sweep": {"config": {...}, "chunk_sizes": [C...], "seconds": {name: [s per C]},
-                         "token_by_token_seconds": {name: s}},
-         "training":  {"config": {...}, "tokens_per_s": {name: number or null}, "versions": {...}}}
+        {"path", "command", "date", "config": the run's configuration,
+         "machine": {"cpu", "threads", "torch", "titans_pytorch", "pinned", "load_average_at_start"},
+         "forward":   {"seq_lens", "seconds": {name: [median s per length]}, "extrapolated"},
+         "attention": {"seq_lens", "seconds": {...}, "extrapolated", "crossover": {method: {...}}},
+         "state":     {"seq_lens", "bytes": {name: [bytes per length]}},
+         "training":  {"tokens_per_s": {name: tokens/s or None}, "titans": {...}},
+         "targets":   [{"target", "measured", "required", "verdict"}, ...]}
 
-    Every list of numbers has one entry per ``seq_lens`` (or ``chunk_sizes``) entry. Returns the
-    dict with ``"path"`` added."""
+    Names are the chapter's ("MLP memory, chunk 16", "causal attention (SDPA)", ...)."""
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no benchmark file at {path}: run benchmarks/ch06_provisional_benchmark.py")
+        raise FileNotFoundError(f"no benchmark file at {path}: run `make benchmark` (benchmarks/memory_speed.py)")
     data = json.loads(path.read_text())
-    missing = [key for key in ("command", "machine", *BENCHMARK_SECTIONS) if key not in data]
+    missing = [key for key in ("command", *BENCHMARK_SECTIONS) if key not in data]
     if missing:
-        raise ValueError(f"{path} lacks {missing}")
-    for section, axis, values in (("forward", "seq_lens", "seconds"), ("attention", "seq_lens", "seconds"),
-                                  ("state", "seq_lens", "bytes"), ("chunk_sweep", "chunk_sizes", "seconds")):
-        n = len(data[section][axis])
-        bad = [name for name, ys in data[section][values].items() if len(ys) != n]
-        if bad:
-            raise ValueError(f"{path}: {section}.{values} entries {bad} do not have one value per {axis} ({n})")
-    data["path"] = str(path)
-    return data
+        raise ValueError(f"{path} lacks {missing}: not a benchmarks/memory_speed.py record")
+    forward = _series(data["loop_vs_chunked"]["rows"], _FORWARD)
+    attention = _series(data["linear_vs_attention"]["rows"], _ATTENTION)
+    attention["crossover"] = data["linear_vs_attention"].get("crossover", {})
+    for name, table in (("loop_vs_chunked", forward), ("linear_vs_attention", attention)):
+        if not table["seconds"]:
+            raise ValueError(f"{path}: {name} has no rows of the methods {sorted(_FORWARD if name == 'loop_vs_chunked' else _ATTENTION)}")
+    states = data["state_bytes"]["rows"]
+    state = {"seq_lens": [r["seq_len"] for r in states],
+             "bytes": {"KV cache (attention)": [r["kv_cache_bytes"] for r in states],
+                       "delta rule state": [r["delta_state_bytes"] for r in states],
+                       "MLP memory state": [r["mlp_state_bytes"] for r in states]}}
+    training = {"tokens_per_s": {_TRAINING[r["method"]].format(C=r.get("chunk_size")): r.get("tokens_per_s")
+                                 for r in data["training"]["rows"] if r["method"] in _TRAINING},
+                "titans": data["training"].get("titans", {})}
+    machine = {"cpu": data.get("cpu_model", "unknown CPU"), "threads": data.get("threads"), "torch": data.get("torch"),
+               "titans_pytorch": data.get("titans_pytorch"), "pinned": data.get("book_numeric_env"),
+               "load_average_at_start": data.get("load_average_at_start")}
+    return {"path": str(path), "command": data["command"].strip(), "date": data.get("date"), "config": data["config"],
+            "machine": machine, "forward": forward, "attention": attention, "state": state, "training": training,
+            "targets": data["targets"]}
 
 
 def crossover(xs, baseline, contender) -> float | None:

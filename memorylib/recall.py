@@ -13,6 +13,10 @@ Memories (``kind``), with state sizes for ``dim = d`` and ``hidden = h``:
 * ``"mlp"``: ``f(x) = W2 silu(W1 x)`` with ``W1: h x d``, ``W2: d x h`` (``2 d h`` numbers),
   written by one gradient step per pair (:mod:`memorylib.ttt`), starting from fixed random
   weights. ``h = d / 2`` gives the matrix's state size.
+
+``chunk_size`` (chapter 6) writes the pairs in chunks: exactly for the two matrices (the chunked
+delta rule computes the same memory), with the mini-batch approximation for the MLP (every
+gradient of a chunk taken at the weights the chunk started from).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from .delta_rule import delta_rule
 from .stats import wilson_interval
 from .tasks import _check_int
-from .ttt import MLPMemoryState, mlp_apply, mlp_memory_reference
+from .ttt import MLPMemoryState, mlp_apply, mlp_memory, mlp_memory_reference
 
 RECALL_KINDS = ("delta", "additive", "mlp")
 
@@ -37,10 +41,13 @@ def random_pairs(trials: int, num_pairs: int, dim: int, seed: int):
 
 
 def write_pairs(kind: str, keys: torch.Tensor, values: torch.Tensor, lr: float = 1.0, passes: int = 1,
-                retain: float = 1.0, hidden: int | None = None, seed: int = 0):
+                retain: float = 1.0, hidden: int | None = None, seed: int = 0, chunk_size: int | None = None):
     """Write the pairs ``passes`` times in order; returns ``read(queries) -> outputs``, a function
     reading the final memory. ``retain`` multiplies the memory before every write (1: never
-    forget). ``hidden`` (MLP only, default ``dim // 2``)."""
+    forget). ``hidden`` (MLP only, default ``dim // 2``). ``chunk_size`` (chapter 6): pairs per
+    chunk; for the matrices it changes nothing but the order of the work (default 64); for the MLP
+    (default None: token by token) it is the mini-batch form and must divide the number of pairs,
+    so that every write is finished when the memory is read."""
     if kind not in RECALL_KINDS:
         raise ValueError(f"kind must be one of {RECALL_KINDS}, got {kind!r}")
     _check_int("passes", passes, 1)
@@ -49,6 +56,10 @@ def write_pairs(kind: str, keys: torch.Tensor, values: torch.Tensor, lr: float =
     if not 0 < retain <= 1:
         raise ValueError(f"retain must be in (0, 1], got {retain!r}")
     B, _, N, D = keys.shape
+    if chunk_size is not None:
+        _check_int("chunk_size", chunk_size, 1)
+        if kind == "mlp" and N % chunk_size:
+            raise ValueError(f"chunk_size must divide the number of pairs ({N}) for the MLP memory, got {chunk_size}")
     rate = torch.full((B, 1, N), float(lr))
     keep = None if retain == 1 else torch.full((B, 1, N), float(retain))
     if kind == "mlp":
@@ -58,11 +69,14 @@ def write_pairs(kind: str, keys: torch.Tensor, values: torch.Tensor, lr: float =
         w2 = torch.randn(1, D, hidden, generator=g) / hidden ** 0.5
         state = MLPMemoryState.initial(w1, w2, B)
         for _ in range(passes):
-            _, state = mlp_memory_reference(keys, keys, values, rate, retain=keep, state=state)
+            if chunk_size is None:
+                _, state = mlp_memory_reference(keys, keys, values, rate, retain=keep, state=state)
+            else:
+                _, state = mlp_memory(keys, keys, values, rate, retain=keep, state=state, chunk_size=chunk_size)
         return lambda q: mlp_apply(state.w1, state.w2, q)
     M = None
     for _ in range(passes):
-        _, M = delta_rule(keys, keys, values, rate, keep, state=M, chunk_size=64, erase=kind == "delta")
+        _, M = delta_rule(keys, keys, values, rate, keep, state=M, chunk_size=chunk_size or 64, erase=kind == "delta")
     return lambda q: q @ M.transpose(-1, -2)
 
 

@@ -1,7 +1,8 @@
-"""Chapter 6's measurements (memorylib.chunked), figures and live control: streams with the stated
-statistics, drift against an independent statement of the reference, recall on hand-made reads,
-the benchmark loader against malformed files, crossovers of known power laws, and every figure
-deterministic and JSON-ready."""
+"""Chapter 6's measurements (memorylib.chunked, memorylib.recall's chunk_size), figures and live
+control: streams with the stated statistics, drift against an independent statement of the
+reference, a trained model run at another chunk size and restored, chunked recall (exact for the
+matrices), the benchmark loader against the committed record and malformed files, crossovers of
+known power laws, and every figure deterministic and JSON-ready."""
 
 import json
 import math
@@ -11,12 +12,12 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from memorylib.chunked import (BENCHMARK_SECTIONS, crossover, describe_error, drift_profile,
-                               error_removed_by_one_write, load_chunked_benchmark, minibatch_drift,
-                               recall_accuracy, recall_stream, relative_error, run_mlp_memory, time_call,
-                               unit_stream)
-from memorylib.delta_rule import delta_rule
+from memorylib.chunked import (BENCHMARK_SECTIONS, chunk_size_curve, chunking, crossover, describe_error,
+                               drift_profile, error_removed_by_one_write, load_chunked_benchmark, minibatch_drift,
+                               model_memory_drift, relative_error, run_mlp_memory, time_call, unit_stream)
 from memorylib.figures import chunk_slider_figure, chunk_tradeoff_figure, drift_figure, scaling_figure
+from memorylib.recall import random_pairs, store_and_recall, write_pairs
+from memorylib.registry import build_model, build_task
 from memorylib.ttt import MLPMemoryState, mlp_apply, mlp_memory_reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -131,37 +132,70 @@ def test_error_removed_by_one_write_matches_a_write_done_by_hand(stream):
     assert 0 < error_removed_by_one_write(stream, 0.1) < error_removed_by_one_write(stream, 1.0)
 
 
-# --- recall --------------------------------------------------------------------------------------
+# --- a trained model at another chunk size, and chunked recall ------------------------------------
 
 
-def test_recall_stream_writes_then_asks_every_key_once():
-    r = recall_stream(5, 8, 3, seed=1)
-    assert r["k"].shape == (3, 1, 10, 8) and r["write"][0, 0].tolist() == [1] * 5 + [0] * 5
-    for b in range(3):
-        assert sorted(r["order"][b].tolist()) == list(range(5))
-        assert torch.equal(r["k"][b, 0, 5:], r["k"][b, 0, :5][r["order"][b]])
-        assert torch.equal(r["v"][b, 0, :5], r["values"][b, 0]) and r["v"][b, 0, 5:].abs().max() == 0
+@pytest.fixture(scope="module")
+def small_memory_model():
+    torch.manual_seed(0)
+    return build_model("titans_memory", d_model=32, key_dim=8, value_dim=8, hidden=8, max_lr=0.1).eval()
 
 
-def test_recall_accuracy_counts_reads_nearest_to_the_right_value():
-    r = recall_stream(6, 16, 4, seed=2)
-    perfect = torch.cat([torch.zeros(4, 1, 6, 16, dtype=torch.float64),
-                         r["values"].gather(2, r["order"][:, None, :, None].expand(-1, 1, -1, 16))], 2)
-    assert recall_accuracy(perfect, r) == 1.0
-    assert recall_accuracy(3.0 * perfect + 0.01, r) == 1.0                      # only directions count
-    wrong = perfect.clone()
-    wrong[:, :, 6:] = perfect[:, :, 6:].roll(1, dims=2)                          # every read one pair off
-    assert recall_accuracy(wrong, r) == 0.0
+def test_chunking_sets_and_restores_the_memory_form(small_memory_model):
+    m = small_memory_model
+    with chunking(m, None):
+        assert m.reference
+    with chunking(m, 4):
+        assert m.chunk_size == 4 and not m.reference
+    assert m.chunk_size == 16 and not m.reference
+    with pytest.raises(RuntimeError), chunking(m, 2):
+        raise RuntimeError("inside")
+    assert m.chunk_size == 16
+    with pytest.raises(ValueError, match="chunk_size"), chunking(m, 0):
+        pass
 
 
-def test_the_exact_delta_rule_recalls_orthogonal_pairs_at_every_chunk_size():
-    r = recall_stream(8, 8, 2, seed=0)
-    basis = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0].T
-    keys = basis.expand(2, 1, 8, 8)                                             # orthonormal keys
-    r["k"] = r["q"] = torch.cat([keys, keys.gather(2, r["order"][:, None, :, None].expand(-1, 1, -1, 8))], 2)
-    for C in (1, 3, 8, 16):
-        reads, _ = delta_rule(r["q"], r["k"], r["v"], r["write"], chunk_size=C)
-        assert recall_accuracy(reads, r) == 1.0
+def test_chunk_size_curve_evaluates_each_form(small_memory_model):
+    task = build_task("associative_lookup", seq_len=48, num_pairs=4, num_queries=4, min_distance=18)
+    curve = chunk_size_curve(small_memory_model, task, [1, 4, 48], num_examples=8, seed=0)
+    assert list(curve) == [1, 4, 48] and all(r["num_examples"] == 8 for r in curve.values())
+    with torch.no_grad():
+        tokens = task.sample(8, seed=1).tokens
+        with chunking(small_memory_model, None):
+            exact = small_memory_model(tokens)
+        with chunking(small_memory_model, 1):
+            one = small_memory_model(tokens)
+        with chunking(small_memory_model, 16):
+            sixteen = small_memory_model(tokens)
+    assert (exact - one).abs().max() < 1e-4 < (exact - sixteen).abs().max()
+    with pytest.raises(ValueError, match="at least one chunk size"):
+        chunk_size_curve(small_memory_model, task, [])
+
+
+def test_model_memory_drift_is_zero_at_chunk_one_and_names_the_inputs(small_memory_model):
+    tokens = build_task("associative_lookup", seq_len=48, num_pairs=4, num_queries=4, min_distance=18).sample(4, seed=0).tokens
+    d = model_memory_drift(small_memory_model, tokens, [1, 4, 16])
+    assert d["error"][1] < 1e-10 and 0 < d["error"][4] < d["error"][16]
+    inputs = d["inputs"]
+    assert 0 < inputs["lr"] <= inputs["lr_max"] <= 0.1 and 0 < inputs["momentum"] < 1 and 0 < inputs["retain"] < 1
+    assert -1 <= inputs["key_cosine"] <= 1
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="MLP memory"):
+        model_memory_drift(build_model("delta_memory", d_model=32), tokens, [4])
+
+
+def test_chunked_recall_is_exact_for_the_matrices_and_an_approximation_for_the_mlp():
+    keys, values = random_pairs(4, 16, 16, seed=0)
+    for kind in ("delta", "additive"):
+        reads = [write_pairs(kind, keys, values, chunk_size=c)(keys) for c in (1, 3, 16, 64)]
+        assert all((r - reads[0]).abs().max() < 1e-5 for r in reads)
+    token_by_token = write_pairs("mlp", keys, values, hidden=16)(keys)
+    assert (write_pairs("mlp", keys, values, hidden=16, chunk_size=1)(keys) - token_by_token).abs().max() < 1e-5
+    assert (write_pairs("mlp", keys, values, hidden=16, chunk_size=16)(keys) - token_by_token).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="must divide the number of pairs"):
+        write_pairs("mlp", keys, values, chunk_size=3)
+    res = store_and_recall("mlp", 16, dim=16, trials=4, hidden=16, lr=1.0, chunk_size=4)
+    assert res["n"] == 64 and 0 <= res["accuracy"] <= 1
 
 
 # --- timing, the benchmark file, crossovers --------------------------------------------------------
@@ -177,15 +211,19 @@ def test_time_call_warms_up_and_takes_the_median():
 
 def test_the_committed_benchmark_loads_and_has_what_the_chapter_plots():
     bench = load_chunked_benchmark(BENCHMARK)
-    assert bench["path"] == str(BENCHMARK) and bench["machine"]["cpu"]
-    for name in ("delta rule, token by token", "delta rule, chunk 64", "MLP memory, chunk 16"):
-        assert name in bench["forward"]["seconds"]
-    assert "causal attention (SDPA)" in bench["attention"]["seconds"] and "KV cache (attention)" in bench["state"]["bytes"]
-    assert "MLP memory" in bench["chunk_sweep"]["token_by_token_seconds"]
-    assert all(v is None or v > 0 for v in bench["training"]["tokens_per_s"].values())
+    assert bench["path"] == str(BENCHMARK) and bench["machine"]["cpu"] and "memory_speed.py" in bench["command"]
+    fw, att, st = bench["forward"], bench["attention"], bench["state"]
+    for name in ("delta rule, token by token", "delta rule, chunk 64", "MLP memory, token by token",
+                 "MLP memory, chunk 16", "MLP memory, chunk 64"):
+        assert len(fw["seconds"][name]) == len(fw["seq_lens"]) and all(x > 0 for x in fw["seconds"][name])
+    assert {"linear memory, chunk 64", "delta rule, chunk 64", "causal attention (SDPA)"} <= set(att["seconds"])
+    assert set(st["bytes"]) == {"KV cache (attention)", "delta rule state", "MLP memory state"}
+    assert all(len(ys) == len(st["seq_lens"]) for ys in st["bytes"].values())
+    assert "memorylib, chunk 16" in bench["training"]["tokens_per_s"]
+    assert all({"target", "required", "verdict"} <= set(t) for t in bench["targets"])
 
 
-def test_the_benchmark_loader_rejects_missing_sections_and_ragged_lists(tmp_path):
+def test_the_benchmark_loader_rejects_missing_sections(tmp_path):
     good = json.loads(BENCHMARK.read_text())
     with pytest.raises(FileNotFoundError, match="no benchmark file"):
         load_chunked_benchmark(tmp_path / "absent.json")
@@ -194,11 +232,11 @@ def test_the_benchmark_loader_rejects_missing_sections_and_ragged_lists(tmp_path
         (tmp_path / "b.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=section):
             load_chunked_benchmark(tmp_path / "b.json")
-    ragged = json.loads(BENCHMARK.read_text())
-    ragged["attention"]["seconds"]["causal attention (SDPA)"].pop()
-    (tmp_path / "r.json").write_text(json.dumps(ragged))
-    with pytest.raises(ValueError, match="one value per seq_lens"):
-        load_chunked_benchmark(tmp_path / "r.json")
+    empty = json.loads(BENCHMARK.read_text())
+    empty["loop_vs_chunked"]["rows"] = [r for r in empty["loop_vs_chunked"]["rows"] if r["method"] == "nothing"]
+    (tmp_path / "e.json").write_text(json.dumps(empty))
+    with pytest.raises(ValueError, match="loop_vs_chunked has no rows"):
+        load_chunked_benchmark(tmp_path / "e.json")
 
 
 def test_crossover_of_known_power_laws():

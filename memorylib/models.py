@@ -394,7 +394,9 @@ class LearnedMemoryModel(LocalFeatures):
     * ``"delta"``: a matrix written by the delta rule (:mod:`memorylib.delta_rule`), learning
       rate ``beta_t = sigmoid(.)`` in (0, 1);
     * ``"mlp"``: a two-layer MLP written by gradient steps (:mod:`memorylib.ttt`), learning rate
-      ``theta_t = max_lr * sigmoid(.)``, initial weights learned by the outer model.
+      ``theta_t = max_lr * sigmoid(.)`` (default ``max_lr`` 0.1: at 1.0 the memory of an untrained
+      model overflows to NaN within about 45 tokens of the default tasks), initial weights learned
+      by the outer model.
 
     ``forget=True`` adds a learned retention ``a_t = sigmoid(.)`` (starting near 0.98): the old
     memory is multiplied by it before each write (for the MLP: weight decay ``1 - a_t``).
@@ -409,7 +411,7 @@ class LearnedMemoryModel(LocalFeatures):
     def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 1,
                  num_heads: int = 4, window: int = DEFAULT_WINDOW, kind: str = "delta", memory_heads: int = 1,
                  key_dim: int = 32, value_dim: int = 32, hidden: int = 32, forget: bool = False,
-                 momentum: bool = False, max_lr: float = 1.0, chunk_size: int = 16, reference: bool = False):
+                 momentum: bool = False, max_lr: float = 0.1, chunk_size: int = 16, reference: bool = False):
         if window is None:
             raise ValueError("a memory model needs an int window >= 1 for its local attention")
         super().__init__(vocab_size, d_model, num_layers, num_heads, window)

@@ -113,3 +113,13 @@ def test_recall_by_age_figure():
     assert fig.layout.sliders[0].steps[1]["args"][0]["visible"] == [False, False, True, True]
     with pytest.raises(ValueError, match="curves must hold at least one retention"):
         recall_by_age_figure({})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untrained_default_models_stay_finite_on_the_longest_default_task(name):
+    # at max_lr = 1.0 an untrained MLP memory overflowed to NaN within ~45 tokens
+    from memorylib.registry import build_task
+    torch.manual_seed(0)
+    batch = build_task("changing_facts").sample(4, seed=0)
+    with torch.no_grad():
+        assert build_model(name)(batch.tokens).isfinite().all()

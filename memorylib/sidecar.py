@@ -1,0 +1,113 @@
+"""A sparse exact-attention sidecar: the few most surprising tokens, kept verbatim. Groundwork for
+chapter 7 (the models that use it come with that chapter).
+
+A learned memory compresses; a sidecar does not. It keeps the keys and values of at most
+``capacity`` tokens, those with the highest surprise seen so far, and a query reads them by exact
+softmax attention. When a token more surprising than the least surprising kept one arrives, that
+one is evicted. Ties keep the older token. Which tokens are kept is a hard choice that gradients
+do not flow through; the keys, values and queries are differentiable.
+
+Causality: the cache a query at position ``t`` reads holds the top-``capacity`` tokens among
+positions ``< t`` (strictly before: a token is never read by its own position), so the read at
+``t`` depends only on tokens before it.
+
+Shapes, for a batch of ``B`` sequences::
+
+    q, k: (B, T, key_dim)   v: (B, T, value_dim)   surprise: (B, T)   out: (B, T, value_dim)
+
+Two forms compute the same thing:
+
+* :func:`sidecar_attention`: a whole sequence at once. ``allowed[t, j]`` (``j < t`` and fewer than
+  ``capacity`` tokens before ``t`` beat ``j``) is built from a running count, then one call of
+  ``scaled_dot_product_attention`` with that mask (plus an always-visible empty slot, so that a
+  query with nothing cached reads zeros);
+* the same function with ``state``: the cache carried between calls (:class:`SidecarState`,
+  ``capacity`` entries, constant in the length of the stream), so a long stream processed in
+  pieces gives the outputs of one call. Tested equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .tasks import _check_int
+
+
+@dataclass
+class SidecarState:
+    """The cache between calls: ``keys (B, K, key_dim)``, ``values (B, K, value_dim)``,
+    ``surprise (B, K)`` and ``position (B, K)`` (absolute positions; -1 marks an empty entry),
+    plus ``seen``, the number of tokens processed so far."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    surprise: torch.Tensor
+    position: torch.Tensor
+    seen: int = 0
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.surprise, self.position))
+
+
+def beats(surprise: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """``(B, N, N)`` bool: does token ``i`` rank above token ``j`` (higher surprise; on a tie, the
+    older one)? ``surprise, position: (B, N)``."""
+    si, sj = surprise[:, :, None], surprise[:, None, :]
+    pi, pj = position[:, :, None], position[:, None, :]
+    return (si > sj) | ((si == sj) & (pi < pj))
+
+
+def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | None = None,
+                      return_state: bool = False):
+    """Exact attention over the ``capacity`` most surprising earlier tokens (module docstring).
+    Returns ``out``, or ``(out, state)`` with ``return_state=True`` or when a state is given."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"{name} must be a tensor of shape (batch, seq_len, dim), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    B, T, Dk = k.shape
+    if q.shape != k.shape or v.shape[:2] != (B, T) or not isinstance(surprise, torch.Tensor) or surprise.shape != (B, T):
+        raise ValueError(f"q, k: (B, T, key_dim), v: (B, T, value_dim), surprise: (B, T); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}, "
+                         f"{tuple(surprise.shape) if isinstance(surprise, torch.Tensor) else type(surprise).__name__}")
+    _check_int("capacity", capacity, 1)
+    if state is not None and state.keys.shape[:2] != (B, capacity):
+        raise ValueError(f"state holds {tuple(state.keys.shape[:2])} (batch, capacity), expected ({B}, {capacity})")
+    keep_state = return_state or state is not None
+    if state is None:
+        state = SidecarState(k.new_zeros(B, capacity, Dk), v.new_zeros(B, capacity, v.shape[-1]),
+                             surprise.new_full((B, capacity), float("-inf")),
+                             torch.full((B, capacity), -1, dtype=torch.long, device=k.device))
+    K = capacity
+    pos = torch.arange(state.seen, state.seen + T, device=k.device).expand(B, T)
+    # candidates: the cache (empty entries rank below everything and are never allowed), then the new tokens
+    keys, values = torch.cat([state.keys, k], 1), torch.cat([state.values, v], 1)
+    s_all = torch.cat([state.surprise, surprise.detach()], 1)
+    p_all = torch.cat([state.position, pos], 1)
+    filled = torch.cat([state.position >= 0, torch.ones(B, T, dtype=torch.bool, device=k.device)], 1)
+    b = beats(s_all, p_all) & filled[:, :, None]                          # (B, K+T, K+T): i beats j
+    # before[t, i]: candidate i comes before query t (every cache entry does; token i iff i < t)
+    before = torch.cat([torch.ones(T, K, dtype=torch.bool, device=k.device),
+                        torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)], 1)   # (T, K+T)
+    rank = (before[None].float() @ b.float())                             # (B, T, K+T): tokens before t beating j
+    allowed = before[None] & filled[:, None, :] & (rank < K)
+    # an always-visible empty slot (zero key, zero value) so that a query with nothing cached reads zeros
+    keys = torch.cat([keys.new_zeros(B, 1, Dk), keys], 1)
+    values = torch.cat([values.new_zeros(B, 1, values.shape[-1]), values], 1)
+    mask = torch.cat([torch.ones(B, T, 1, dtype=torch.bool, device=k.device), allowed], 2)
+    out = F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None], attn_mask=mask[:, None])[:, 0]
+    if not keep_state:
+        return out
+    # the cache after the last token: the top-K of every candidate
+    total = b.sum(1)                                                      # how many candidates beat j
+    top = (total < K) & filled
+    order = torch.where(top, p_all, torch.full_like(p_all, torch.iinfo(torch.long).max)).argsort(1)[:, :K]
+    take = lambda x: x.gather(1, order if x.dim() == 2 else order[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+    kept = take(top)
+    new = SidecarState(take(keys[:, 1:]), take(values[:, 1:]),
+                       torch.where(kept, take(s_all), s_all.new_full((), float("-inf"))),
+                       torch.where(kept, take(p_all), torch.full_like(take(p_all), -1)), state.seen + T)
+    return out, new

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .delta_rule import delta_rule, delta_rule_reference
 from .registry import register_model
 from .slot_memory import SlotMemory, address
 from .surprise import SURPRISE_KINDS, momentum_surprise, surprise_gate, token_surprise
 from .tasks import TokenLayout
+from .ttt import MLPMemoryState, mlp_memory, mlp_memory_reference
 
 DEFAULT_WINDOW = 16
 
@@ -457,9 +459,6 @@ class LearnedMemoryModel(LocalFeatures):
 
     def read_memory(self, x: dict, state=None):
         """Run the memory over a sequence; returns ``(reads (B, H, T, value_dim), state)``."""
-        from .delta_rule import delta_rule, delta_rule_reference
-        from .ttt import MLPMemoryState, mlp_memory, mlp_memory_reference
-
         if self.kind == "mlp":
             state = MLPMemoryState.initial(self.w1, self.w2, x["k"].shape[0]) if state is None else state
             args = (x["q"], x["k"], x["v"], x["lr"], x["momentum"], x["retain"])

@@ -14,12 +14,15 @@ rotary embeddings (RoPE), so a model runs at any sequence length.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .delta_rule import delta_rule, delta_rule_reference
 from .registry import register_model
+from .sidecar import SidecarState, sidecar_attention
 from .slot_memory import SlotMemory, address
 from .surprise import SURPRISE_KINDS, momentum_surprise, surprise_gate, token_surprise
 from .tasks import TokenLayout
@@ -50,8 +53,9 @@ def check_window(window) -> None:
 def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate pairs of channels of ``x: (batch, heads, seq_len, head_dim)`` by position (RoPE)."""
     T, D = x.shape[-2], x.shape[-1]
-    freqs = base ** (-torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D)
-    angles = torch.arange(T, dtype=torch.float32, device=x.device)[:, None] * freqs[None, :]
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32    # float64 models: exact angles
+    freqs = base ** (-torch.arange(0, D, 2, dtype=dt, device=x.device) / D)
+    angles = torch.arange(T, dtype=dt, device=x.device)[:, None] * freqs[None, :]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
@@ -493,3 +497,159 @@ register_model("delta_memory")(_learned(kind="delta"))
 register_model("gated_delta_memory")(_learned(kind="delta", forget=True))
 register_model("mlp_memory")(_learned(kind="mlp"))
 register_model("titans_memory")(_learned(kind="mlp", forget=True, momentum=True))
+
+
+# --- the full model: local attention, learned memory, surprise gate, sidecar (chapters 7-8) -----
+
+
+@dataclass
+class FullStreamState:
+    """What :meth:`FullMemoryModel.stream` carries between pieces of a stream: the last
+    ``receptive_field`` tokens (``context``, so that the local attention and the surprise of the
+    next piece's first token are computed exactly), the memory's state, the sidecar's state and
+    ``seen``, the number of tokens processed. Its size does not grow with the stream."""
+
+    context: torch.Tensor
+    memory: object
+    sidecar: SidecarState | None
+    seen: int = 0
+
+    def nbytes(self) -> int:
+        """Bytes held: token context, memory state and sidecar cache (all of fixed size)."""
+        mem = self.memory.nbytes() if isinstance(self.memory, MLPMemoryState) else self.memory.numel() * self.memory.element_size()
+        side = self.sidecar.nbytes() if self.sidecar is not None else 0
+        return self.context.numel() * self.context.element_size() + mem + side
+
+
+class FullMemoryModel(LearnedMemoryModel):
+    """Every mechanism of the book in one model. Introduced in chapter 7.
+
+    tokens -> :class:`LocalFeatures` (windowed attention) -> ``h``; then, side by side:
+
+    * a prediction head reads ``h_{t-1}`` and gives the surprise ``s_t = -log p(x_t)`` of every
+      token (chapter 4; trained by an auxiliary next-token loss of weight ``aux_weight``);
+    * a learned memory (chapter 5: ``kind`` "delta", "linear" or "mlp") whose per-token learning
+      rate is multiplied by the surprise gate ``sigmoid((1 - p(x_t) - threshold) / temperature)``:
+      what the model predicted is hardly written (``surprise=False``: no gate);
+    * the sidecar (:mod:`memorylib.sidecar`): the keys and values of the ``sidecar`` most
+      surprising earlier tokens, kept verbatim and read by exact attention (``sidecar=0``: none).
+      Its queries and keys are unit vectors times a learned scale, so a matching key stands out
+      at any length of the stream.
+
+    The memory read (normalized) and the sidecar read are added to ``h`` through their own
+    projections, then an MLP and the output head. ``threshold``, ``temperature`` and ``sidecar``
+    (capacity) are plain attributes that can be changed on a trained model.
+
+    :meth:`stream` runs a stream piece by piece with a state of constant size
+    (:class:`FullStreamState`); the logits equal those of one call (tested).
+    ``return_trace=True`` adds ``surprise`` (nats), ``surprise_gate`` (B, T), the memory's ``lr``
+    and ``retain`` (B, H, T) and ``sidecar_reads`` (B, T, sidecar_dim).
+    """
+
+    def __init__(self, *, sidecar: int = 16, surprise: bool = True, threshold: float = 0.5,
+                 temperature: float = 0.1, aux_weight: float = 0.1, sidecar_dim: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        for name, value, low in (("sidecar", sidecar, 0), ("sidecar_dim", sidecar_dim, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not (isinstance(aux_weight, (int, float)) and aux_weight >= 0):
+            raise ValueError(f"aux_weight must be a number >= 0, got {aux_weight!r}")
+        surprise_gate(torch.zeros(1), threshold, temperature)     # validates threshold, temperature
+        self.sidecar, self.surprise = sidecar, bool(surprise)
+        self.threshold, self.temperature, self.aux_weight = float(threshold), float(temperature), float(aux_weight)
+        self.sidecar_dim = sidecar_dim
+        d_model = self.embed.embedding_dim
+        self.predictor = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, self.vocab_size))
+        self.side_qkv = nn.Linear(d_model, 3 * sidecar_dim)
+        self.side_scale = nn.Parameter(torch.tensor(2.0))         # log of the query scale: e^2 ~ 7.4
+        self.side_out = nn.Linear(sidecar_dim, d_model)
+        self._aux = None
+
+    def _signals(self, tokens: torch.Tensor, h: torch.Tensor) -> dict:
+        logits = self.predictor(h)
+        s = token_surprise(logits.detach(), tokens, "nll")
+        gate = surprise_gate(1 - torch.exp(-s), self.threshold, self.temperature)
+        return {"logits": logits, "surprise": s, "gate": gate}
+
+    def _side_inputs(self, h: torch.Tensor):
+        q, k, v = self.side_qkv(h).split(self.sidecar_dim, dim=-1)
+        scale = self.side_scale.exp() * self.sidecar_dim ** 0.5     # cancels SDPA's 1 / sqrt(dim)
+        return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), v
+
+    def _run(self, tokens, h, sig, memory_state=None, sidecar_state=None, streaming=False):
+        x = self.memory_inputs(h)
+        if self.surprise:
+            x["lr"] = x["lr"] * sig["gate"][:, None, :]
+        reads, memory_state = self.read_memory(x, memory_state)
+        r = F.layer_norm(reads, reads.shape[-1:])
+        r = r.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
+        y = h + self.fuse(r)
+        side = None
+        if self.sidecar > 0:
+            q, k, v = self._side_inputs(h)
+            if streaming:
+                side, sidecar_state = sidecar_attention(q, k, v, sig["surprise"], self.sidecar, state=sidecar_state,
+                                                        return_state=True)
+            else:
+                side = sidecar_attention(q, k, v, sig["surprise"], self.sidecar)
+            y = y + self.side_out(side)
+        y = y + self.mlp(self.norm_mlp(y))
+        return y, x, reads, side, memory_state, sidecar_state
+
+    def forward(self, tokens: torch.Tensor, return_trace: bool = False):
+        h = self.features(tokens)
+        sig = self._signals(tokens, h)
+        if torch.is_grad_enabled() and self.aux_weight > 0 and tokens.shape[1] > 1:
+            self._aux = self.aux_weight * F.cross_entropy(
+                sig["logits"][:, :-1].reshape(-1, self.vocab_size), tokens[:, 1:].reshape(-1))
+        else:
+            self._aux = None
+        y, x, reads, side, _, _ = self._run(tokens, h, sig)
+        logits = self.head(self.norm(y))
+        if return_trace:
+            return logits, {"surprise": sig["surprise"], "surprise_gate": sig["gate"], "lr": x["lr"],
+                            "retain": x["retain"], "reads": reads, "sidecar_reads": side}
+        return logits
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """The prediction head's next-token loss for the last forward pass with gradients on."""
+        return torch.zeros(()) if self._aux is None else self._aux
+
+    @torch.no_grad()
+    def stream(self, tokens: torch.Tensor, state: FullStreamState | None = None, last_only: bool = False):
+        """Process the next piece ``tokens: (B, P)`` of a stream; returns ``(logits, state)``, where
+        ``logits`` is ``(B, P, vocab)`` (``(B, 1, vocab)`` for the piece's last token with
+        ``last_only=True``, which skips the output head elsewhere). Feeding a sequence in pieces
+        gives the logits of one call; the state's size is the same after any number of tokens."""
+        check_tokens(tokens, self.vocab_size)
+        B, P = tokens.shape
+        if state is not None and state.context.shape[0] != B:
+            raise ValueError(f"the state is for a batch of {state.context.shape[0]}, got {B} sequences")
+        ctx = tokens[:, :0] if state is None else state.context
+        full = torch.cat([ctx, tokens], 1)
+        n = ctx.shape[1]
+        h_all = self.features(full)
+        sig_all = self._signals(full, h_all)
+        h = h_all[:, n:]
+        sig = {key: value[:, n:] for key, value in sig_all.items()}
+        memory = state.memory if state is not None else None
+        if memory is None and self.kind == "mlp":
+            memory = MLPMemoryState.initial(self.w1, self.w2, B)
+        sidecar = state.sidecar if state is not None else None
+        y, _, _, _, memory, sidecar = self._run(tokens, h, sig, memory, sidecar, streaming=True)
+        if last_only:
+            y = y[:, -1:]
+        logits = self.head(self.norm(y))
+        keep = self.receptive_field
+        new = FullStreamState(full[:, -keep:], memory, sidecar, (state.seen if state else 0) + P)
+        return logits, new
+
+
+def _full(**defaults):
+    return _fixed(FullMemoryModel, **defaults)
+
+
+register_model("full_memory")(_full())
+register_model("no_sidecar")(_full(sidecar=0))
+register_model("full_no_surprise")(_full(surprise=False))
+register_model("full_no_erase")(_full(kind="linear"))

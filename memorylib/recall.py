@@ -102,3 +102,63 @@ def store_and_recall(kind: str, num_pairs: int, dim: int = 32, trials: int = 32,
     lo, hi = wilson_interval(k, n)
     return {"accuracy": round(k / n, 4), "ci": [round(lo, 4), round(hi, 4)], "n": n,
             "by_age": [round(float(x), 4) for x in hits.float().mean(0).flip(0)]}
+
+
+SIDECAR_RANKS = ("surprise", "random")
+
+
+def store_and_recall_with_sidecar(kind: str, num_pairs: int, capacity: int, dim: int = 32, trials: int = 32,
+                                  seed: int = 0, rank: str = "surprise", match: float = 0.99, **write_kwargs) -> dict:
+    """:func:`store_and_recall` with a sidecar of ``capacity`` pairs beside the memory (chapter 7).
+
+    Every pair is written to the memory as before; the sidecar (:func:`~memorylib.sidecar.sidecar_attention`)
+    keeps the ``capacity`` pairs that surprised the memory most, where the surprise of pair ``i`` is
+    its prediction error ``||v_i - M_{i-1} k_i||`` just before its write (``rank="random"``: a
+    random score instead, the control). The fused read of a query is the sidecar's exact
+    attention read when a cached key matches it (cosine >= ``match``), else the memory's read.
+    Returns :func:`store_and_recall`'s dict plus ``from_sidecar`` (fraction of queries the sidecar
+    answered) and ``memory_only`` (accuracy of the memory alone on the same pairs)."""
+    from .sidecar import sidecar_attention
+
+    _check_int("num_pairs", num_pairs, 1)
+    _check_int("capacity", capacity, 0)
+    if rank not in SIDECAR_RANKS:
+        raise ValueError(f"rank must be one of {SIDECAR_RANKS}, got {rank!r}")
+    if kind == "mlp":
+        raise ValueError("the sidecar recall experiment uses a matrix memory: kind 'delta' or 'additive'")
+    keys, values = random_pairs(trials, num_pairs, dim, seed)
+    read = write_pairs(kind, keys, values, seed=seed, **write_kwargs)
+    with torch.no_grad():
+        mem_reads = read(keys)
+        if rank == "surprise":
+            # the memory's prediction of pair i just before writing it: the same writes, read with the next key
+            lr = float(write_kwargs.get("lr", 1.0))
+            retain = write_kwargs.get("retain", 1.0)
+            B, _, N, _ = keys.shape
+            keep = None if retain == 1 else torch.full((B, 1, N), float(retain))
+            nxt = torch.cat([keys[:, :, 1:], torch.zeros_like(keys[:, :, :1])], 2)
+            before, _ = delta_rule(nxt, keys, values, torch.full((B, 1, N), lr), keep,
+                                   chunk_size=64, erase=kind == "delta")
+            pred = torch.cat([torch.zeros_like(values[:, :, :1]), before[:, :, :-1]], 2)
+            score = (values - pred).norm(dim=-1)[:, 0]
+        else:
+            score = torch.rand(trials, num_pairs, generator=torch.Generator().manual_seed(20_000 + seed))
+        mem_hits = recalled(mem_reads, values)
+        if capacity == 0:
+            hits, answered = mem_hits, torch.zeros_like(mem_hits)
+        else:
+            k2, v2 = keys[:, 0], values[:, 0]
+            _, state = sidecar_attention(k2, k2, v2, score, capacity, return_state=True)
+            cached = state.position >= 0
+            cos = k2 @ state.keys.transpose(1, 2)                              # (B, N, K)
+            cos = cos.masked_fill(~cached[:, None, :], -2.0)
+            attn = torch.softmax(cos * 30.0, -1) @ state.values                # exact attention, sharp
+            answered = cos.max(-1).values >= match
+            fused = torch.where(answered[..., None], attn, mem_reads[:, 0])
+            hits = recalled(fused[:, None], values)
+    n, k = hits.numel(), int(hits.sum())
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": round(k / n, 4), "ci": [round(lo, 4), round(hi, 4)], "n": n,
+            "by_age": [round(float(x), 4) for x in hits.float().mean(0).flip(0)],
+            "from_sidecar": round(float(answered.float().mean()), 4),
+            "memory_only": round(float(mem_hits.float().mean()), 4)}

@@ -18,7 +18,8 @@ Shapes, for a batch of ``B`` sequences::
 Two forms compute the same thing:
 
 * :func:`sidecar_attention`: a whole sequence at once. ``allowed[t, j]`` (``j < t`` and fewer than
-  ``capacity`` tokens before ``t`` beat ``j``) is built from a running count, then one call of
+  ``capacity`` tokens before ``t`` beat ``j``) is built from a running count (a cumulative sum over
+  the pairwise comparisons, O((K + T)^2) time and memory per sequence), then one call of
   ``scaled_dot_product_attention`` with that mask (plus an always-visible empty slot, so that a
   query with nothing cached reads zeros);
 * the same function with ``state``: the cache carried between calls (:class:`SidecarState`,
@@ -89,10 +90,12 @@ def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | No
     p_all = torch.cat([state.position, pos], 1)
     filled = torch.cat([state.position >= 0, torch.ones(B, T, dtype=torch.bool, device=k.device)], 1)
     b = beats(s_all, p_all) & filled[:, :, None]                          # (B, K+T, K+T): i beats j
-    # before[t, i]: candidate i comes before query t (every cache entry does; token i iff i < t)
+    # rank[t, j]: how many candidates before query t beat j (every cache entry comes before t, token
+    # i iff i < t): the cache's count plus an exclusive running count over the new tokens
+    bi = b.to(torch.int32)
+    rank = bi[:, :K].sum(1, keepdim=True) + bi[:, K:].cumsum(1) - bi[:, K:]   # (B, T, K+T)
     before = torch.cat([torch.ones(T, K, dtype=torch.bool, device=k.device),
                         torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)], 1)   # (T, K+T)
-    rank = (before[None].float() @ b.float())                             # (B, T, K+T): tokens before t beating j
     allowed = before[None] & filled[:, None, :] & (rank < K)
     # an always-visible empty slot (zero key, zero value) so that a query with nothing cached reads zeros
     keys = torch.cat([keys.new_zeros(B, 1, Dk), keys], 1)

@@ -1,0 +1,135 @@
+"""The full model (chapter 7): local attention + learned memory gated by surprise + sidecar.
+Streaming in pieces equals one call, the carried state has a constant size, the switches do what
+they say, and bad options get clear errors. (Causality: tests/test_models.py covers every
+registered model, these included.)"""
+
+import pytest
+import torch
+
+from memorylib.models import FullMemoryModel
+from memorylib.registry import build_model
+from memorylib.tasks import TokenLayout
+
+VOCAB = TokenLayout().vocab_size
+SMALL = dict(d_model=32, num_heads=2, key_dim=8, value_dim=8, hidden=8, sidecar_dim=8, window=6)
+
+
+def tokens(batch, seq_len, seed=0):
+    return torch.randint(1, VOCAB, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+
+
+def model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return FullMemoryModel(**{**SMALL, **kwargs}).double().eval()
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="delta"), dict(kind="linear"), dict(kind="delta", forget=True),
+                                    dict(kind="mlp", momentum=True, forget=True, chunk_size=4),
+                                    dict(sidecar=0), dict(surprise=False, sidecar=3)])
+def test_streaming_in_pieces_equals_one_call(kwargs):
+    m, x = model(**kwargs), tokens(2, 61)
+    with torch.no_grad():
+        whole = m(x)
+    outs, state = [], None
+    for lo, hi in [(0, 1), (1, 9), (9, 10), (10, 40), (40, 61)]:
+        logits, state = m.stream(x[:, lo:hi], state)
+        outs.append(logits)
+    assert (torch.cat(outs, 1) - whole).abs().max() < 1e-10
+    last, _ = m.stream(x[:, 40:], m.stream(x[:, :40])[1], last_only=True)
+    assert last.shape == (2, 1, VOCAB) and (last[:, 0] - whole[:, -1]).abs().max() < 1e-10
+
+
+def state_after(m, length, piece=37):
+    state = None
+    for lo in range(0, length, piece):
+        _, state = m.stream(tokens(1, min(piece, length - lo), seed=lo), state)
+    assert state.seen == length
+    return state
+
+
+def test_carried_state_has_a_constant_size():
+    m = model()                                 # the delta-rule memory: a fixed matrix
+    sizes = {length: state_after(m, length).nbytes() for length in (m.receptive_field, 50, 400, 2000)}
+    assert len(set(sizes.values())) == 1, sizes
+    state = state_after(m, 100)
+    assert state.sidecar.keys.shape == (1, m.sidecar, m.sidecar_dim)
+    assert state.context.shape == (1, m.receptive_field)
+
+
+def test_mlp_memory_state_is_bounded_by_one_unfinished_chunk():
+    m = model(kind="mlp", chunk_size=4)         # the weights plus at most chunk_size - 1 pending tokens
+    sizes = [state_after(m, length).nbytes() for length in range(m.receptive_field, m.receptive_field + 8)]
+    assert max(sizes) == max(state_after(m, length).nbytes() for length in range(400, 408))
+    assert len(set(sizes)) == 4                 # one size per pending count 0..3, repeating
+
+
+def test_surprise_gate_scales_the_memory_learning_rate():
+    m, x = model(), tokens(2, 30)
+    with torch.no_grad():
+        _, gated = m(x, return_trace=True)
+        m.surprise = False
+        _, plain = m(x, return_trace=True)
+    gate = gated["surprise_gate"]
+    assert torch.allclose(gated["lr"], plain["lr"] * gate[:, None, :])
+    assert gate.min() > 0 and gate.max() < 1 and gated["surprise"].shape == (2, 30)
+    assert not torch.allclose(gated["lr"], plain["lr"])       # the gate did something
+
+
+def test_sidecar_switch_and_capacity():
+    m, x = model(), tokens(2, 40)
+    with torch.no_grad():
+        with_side = m(x)
+        m.sidecar = 0
+        without = m(x)
+        _, trace = m(x, return_trace=True)
+        m.side_qkv.weight.add_(1.0)            # unused when the sidecar is off
+        assert torch.equal(m(x), without)
+    assert trace["sidecar_reads"] is None
+    assert not torch.allclose(with_side, without)
+
+
+def test_registered_ablations_fix_their_switch():
+    assert build_model("full_memory").sidecar == 16
+    assert build_model("no_sidecar").sidecar == 0
+    assert build_model("full_no_surprise").surprise is False
+    assert build_model("full_no_erase").kind == "linear"
+    with pytest.raises(ValueError, match="this model fixes sidecar=0; got sidecar=8"):
+        build_model("no_sidecar", sidecar=8)
+
+
+def test_auxiliary_loss_trains_the_prediction_head_and_gradients_reach_every_parameter():
+    m = FullMemoryModel(**SMALL)
+    x = tokens(2, 30)
+    logits = m(x)
+    aux = m.auxiliary_loss()
+    assert aux.item() > 0
+    (logits.logsumexp(-1).mean() + aux).backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    with torch.no_grad():
+        m(x)
+    assert m.auxiliary_loss().item() == 0.0      # no gradient, no auxiliary loss
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sidecar=-1), r"sidecar must be an int >= 0, got -1"),
+    (dict(sidecar=2.5), r"sidecar must be an int >= 0, got 2.5"),
+    (dict(sidecar_dim=0), r"sidecar_dim must be an int >= 1, got 0"),
+    (dict(aux_weight=-0.1), r"aux_weight must be a number >= 0, got -0.1"),
+    (dict(temperature=0), r"temperature must be a number > 0, got 0"),
+    (dict(kind="lstm"), r"kind must be one of \('linear', 'delta', 'mlp'\), got 'lstm'"),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FullMemoryModel(**{**SMALL, **kwargs})
+
+
+def test_bad_stream_input():
+    m = model()
+    _, state = m.stream(tokens(2, 5))
+    with pytest.raises(ValueError, match="the state is for a batch of 2, got 3 sequences"):
+        m.stream(tokens(3, 5), state)
+    with pytest.raises(ValueError, match=r"seq_len >= 1, got \(2, 0\)"):
+        m.stream(tokens(2, 0), state)
+    with pytest.raises(ValueError, match="token"):
+        m.stream(torch.full((2, 3), VOCAB), state)

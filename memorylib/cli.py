@@ -1,0 +1,795 @@
+"""The command line: ``memorylib train | eval | plot | demo`` (the README's "Command line").
+
+Every verb is a thin layer over the library: models and tasks are chosen by their registry names
+(:mod:`memorylib.registry`), trained and evaluated on held-out data by :mod:`memorylib.training`,
+drawn with :mod:`memorylib.figures`. A verb is one entry of :data:`VERBS`: a function that adds
+its options to an ``argparse`` parser and a handler that takes the parsed options and returns an
+exit code, so a new verb is two functions and one line.
+
+Bad input (an unknown name, a malformed ``key=value``, a missing or foreign checkpoint, weights
+that do not fit the model, a run folder that already exists) ends with exit code 2 and one line on
+stderr that names the bad value; no traceback. A checkpoint is a plain dict of strings, numbers and
+tensors written by ``torch.save`` and read only with ``torch.load(..., weights_only=True)``.
+
+torch is imported inside the handlers, so ``memorylib --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+CHECKPOINT_VERSION = 1
+"""Version of the checkpoint dict written by ``train``; ``eval`` and ``demo`` read this one and older."""
+CHECKPOINT_KEYS = ("format_version", "model", "model_kwargs", "task", "task_kwargs", "seed", "state_dict")
+RUN_FORMAT, EVAL_FORMAT = "memorylib-run", "memorylib-eval"
+LOG_EVERY = 25          # training history points, as in memorylib.experiments.run
+EVAL_BATCH = 32         # evaluate()'s batch size: demo draws its sequence the same way
+SHORT_SEQUENCE = 48     # demo prints sequences up to this length in full
+
+
+class CLIError(Exception):
+    """Bad input: reported as one line on stderr with exit code 2."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as :class:`CLIError` (one line, exit code 2)."""
+
+    def error(self, message):
+        raise CLIError(f"{message} (see {self.prog} --help)", prog=self.prog)
+
+
+# --- option types -----------------------------------------------------------------------------
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``"d_model=16"`` -> ``("d_model", 16)``: the value is parsed as JSON when it is JSON (ints,
+    floats, ``true``/``false``, ``null``, lists), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not _KEY.match(key):
+        raise argparse.ArgumentTypeError(f"expected key=value (e.g. d_model=16), got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _kwargs(pairs: list | None, flag: str) -> dict:
+    out = {}
+    for key, value in pairs or []:
+        if key in out:
+            raise CLIError(f"{flag} {key} is given twice ({key}={out[key]!r} and {key}={value!r})")
+        out[key] = value
+    return out
+
+
+def _fmt(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no arguments"
+
+
+# --- models, tasks, checkpoints ---------------------------------------------------------------
+
+
+def _build(kind: str, name: str, kwargs: dict):
+    """A model or task from the registry; errors become one-line :class:`CLIError` s."""
+    from . import registry
+
+    names = registry.model_names() if kind == "model" else registry.task_names()
+    build = registry.build_model if kind == "model" else registry.build_task
+    if name not in names:
+        try:
+            build(name)                     # raises the registry's "did you mean" error
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+    try:
+        return build(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"cannot build {kind} {name!r} from {_fmt(kwargs)}: {_one_line(err)}") from None
+
+
+def _check_vocab(model, task, model_name: str, task_name: str) -> None:
+    vocab = getattr(model, "vocab_size", None)
+    if vocab is not None and vocab < task.vocab_size:
+        raise CLIError(f"model {model_name!r} has vocab_size={vocab}, but task {task_name!r} uses "
+                       f"{task.vocab_size} token ids")
+
+
+def read_checkpoint(path) -> dict:
+    """Read a checkpoint written by ``memorylib train`` with ``torch.load(weights_only=True)`` and
+    check that it is one; any other file gives a :class:`CLIError` that says why."""
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"checkpoint {str(path)!r} does not exist")
+    if not p.is_file():
+        raise CLIError(f"checkpoint {str(path)!r} is not a file")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever torch fails with, the file is not ours
+        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: torch.load(weights_only=True) "
+                       f"cannot read it ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: it holds a {type(ckpt).__name__}, "
+                       "not a dict")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        has = ", ".join(map(str, list(ckpt)[:8])) or "none"
+        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: it lacks {', '.join(missing)} "
+                       f"(its keys: {has})")
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise CLIError(f"{str(path)!r} has checkpoint format_version={version!r}; this memorylib reads "
+                       f"1 to {CHECKPOINT_VERSION}")
+    for key, kind in (("model", str), ("task", str), ("model_kwargs", dict), ("task_kwargs", dict),
+                      ("seed", int), ("state_dict", dict)):
+        if not isinstance(ckpt[key], kind):
+            raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: {key} is a "
+                           f"{type(ckpt[key]).__name__}, not a {kind.__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: its state_dict holds values "
+                       "that are not tensors")
+    return ckpt
+
+
+def _few(items: list, n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _load_weights(model, state_dict: dict, path, name: str, kwargs: dict) -> None:
+    own = model.state_dict()
+    problems = []
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing:
+        problems.append(f"missing {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    if shapes:
+        problems.append(f"shapes differ for {_few(shapes)}")
+    if not problems:
+        try:
+            model.load_state_dict(state_dict)
+        except (RuntimeError, ValueError) as err:
+            problems.append(_one_line(err, 200))
+    if problems:
+        raise CLIError(f"the weights in {str(path)!r} do not fit model {name!r} with {_fmt(kwargs)}: "
+                       + "; ".join(problems))
+
+
+def _model_from_args(args) -> tuple:
+    """``(model, info)`` from ``--checkpoint`` (plus ``--model-arg`` overrides) or ``--model``;
+    ``info``: model, model_kwargs, checkpoint (path or None) and the checkpoint dict (or None).
+    A fresh model is built after ``torch.manual_seed(seed)``."""
+    import torch
+
+    overrides = _kwargs(args.model_arg, "--model-arg")
+    if args.checkpoint is not None:
+        ckpt = read_checkpoint(args.checkpoint)
+        name, kwargs = ckpt["model"], {**ckpt["model_kwargs"], **overrides}
+        model = _build("model", name, kwargs)
+        _load_weights(model, ckpt["state_dict"], args.checkpoint, name, kwargs)
+    else:
+        ckpt, name, kwargs = None, args.model, overrides
+        torch.manual_seed(args.seed if args.seed is not None else 0)
+        model = _build("model", name, kwargs)
+    model.eval()
+    return model, {"model": name, "model_kwargs": kwargs, "checkpoint": args.checkpoint, "ckpt": ckpt}
+
+
+def _describe(info: dict, seed: int) -> str:
+    if info["ckpt"] is not None:
+        return f"{info['model']} from {info['checkpoint']}"
+    return f"{info['model']} freshly initialised with seed {seed}"
+
+
+def _task_from_args(args, ckpt: dict | None, allow_all: bool) -> tuple:
+    """``[(task name, task kwargs)]``: the named task (``all``: every registered task with its
+    defaults), or the checkpoint's task when none is named."""
+    from .registry import task_names
+
+    overrides = _kwargs(args.task_arg, "--task-arg")
+    if args.task is None:
+        if ckpt is None:
+            raise CLIError("--task is needed with --model (there is no checkpoint to take the task from)")
+        return [(ckpt["task"], {**ckpt["task_kwargs"], **overrides})]
+    if args.task == "all" and allow_all:
+        if overrides:
+            raise CLIError("--task-arg cannot be combined with --task all (every task runs with its defaults)")
+        return [(name, {}) for name in task_names()]
+    if ckpt is not None and args.task == ckpt["task"]:
+        return [(args.task, {**ckpt["task_kwargs"], **overrides})]
+    return [(args.task, overrides)]
+
+
+def _eval_targets(name: str, task) -> list[tuple[str, object]]:
+    """``[(label, task)]`` to evaluate: a length-extrapolation protocol at each of its factors."""
+    from .tasks import LengthExtrapolation
+
+    if isinstance(task, LengthExtrapolation):
+        return [(f"{name} x{f}", task.eval_task(f)) for f in task.factors]
+    return [(name, task)]
+
+
+def _evaluate_all(model, targets: list, num_examples: int, seed: int, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    from .training import evaluate
+
+    out = {}
+    bar = tqdm(targets, desc="evaluating", disable=not progress or len(targets) < 2, leave=False)
+    for label, task in bar:
+        bar.set_postfix_str(label)
+        out[label] = evaluate(model, task, num_examples=num_examples, seed=seed)
+    return out
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """An aligned text table: task, accuracy, 95 % interval, chance and scored answers."""
+    rows = [("task", "accuracy", "95% CI", "chance", "n")]
+    for label, r in results.items():
+        rows.append((label, f"{r['accuracy']:.3f}", f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]",
+                     f"{r['chance']:.3f}", str(r["num_answers"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _versions() -> dict:
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    return {"memorylib": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _add_model_source(p) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="PATH", help="a checkpoint.pt written by train")
+    source.add_argument("--model", metavar="NAME", help="a registered model, freshly initialised")
+    p.add_argument("--model-arg", metavar="KEY=VALUE", type=key_value, action="append",
+                   help="model option (repeatable); with --checkpoint it overrides the saved one")
+
+
+def _add_task_args(p, all_tasks: bool) -> None:
+    extra = " or 'all'" if all_tasks else ""
+    p.add_argument("--task", metavar="NAME", help=f"a registered task{extra} (default: the checkpoint's)")
+    p.add_argument("--task-arg", metavar="KEY=VALUE", type=key_value, action="append",
+                   help="task option (repeatable), e.g. seq_len=96")
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+def _train_arguments(p) -> None:
+    p.add_argument("--model", required=True, metavar="NAME", help="a registered model, e.g. local_transformer")
+    p.add_argument("--task", required=True, metavar="NAME", help="a registered task, e.g. associative_lookup")
+    p.add_argument("--model-arg", metavar="KEY=VALUE", type=key_value, action="append",
+                   help="model option (repeatable), e.g. d_model=32; values are JSON when they parse")
+    p.add_argument("--task-arg", metavar="KEY=VALUE", type=key_value, action="append",
+                   help="task option (repeatable), e.g. seq_len=96")
+    p.add_argument("--steps", type=_int_at_least(1), default=300, metavar="N", help="training steps (default 300)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N",
+                   help="sequences per step (default 64)")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, metavar="X", help="peak learning rate (default 0.01)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=50, metavar="N", help="warm-up steps (default 50)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N",
+                   help="initialisation and data seed (default 0)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="where run folders go (default runs)")
+    p.add_argument("--name", metavar="RUN_NAME", help="run folder name (default <model>-<task>-s<seed>)")
+    p.add_argument("--eval-examples", type=_int_at_least(1), default=512, metavar="N",
+                   help="held-out sequences evaluated after training (default 512)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _train(args, argv: list) -> int:
+    """Train, evaluate on held-out data, write checkpoint.pt, metrics.json and config.json.
+
+    The order (``torch.manual_seed(seed)``, build, train with ``log_every=25``, evaluate with the
+    same seed) is :func:`memorylib.experiments.run`'s, so the same arguments give the same numbers.
+    """
+    import torch
+
+    from . import __version__, reproducible
+    from .training import train
+
+    model_kwargs = _kwargs(args.model_arg, "--model-arg")
+    task_kwargs = _kwargs(args.task_arg, "--task-arg")
+    name = args.name or f"{args.model}-{args.task}-s{args.seed}"
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise CLIError(f"--name must be a folder name, not a path, got {name!r}")
+    run_dir = Path(args.runs) / name
+    if run_dir.exists() and not args.force:
+        raise CLIError(f"run folder {str(run_dir)!r} already exists; pass --force to overwrite it "
+                       "or choose another --name")
+    task = _build("task", args.task, task_kwargs)
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model = _build("model", args.model, model_kwargs)
+    _check_vocab(model, task, args.model, args.task)
+    fit = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                seed=args.seed, log_every=LOG_EVERY, progress=not args.no_progress,
+                desc=f"{args.model} on {args.task}")
+    trained = time.perf_counter()
+    evals = _evaluate_all(model, _eval_targets(args.task, task), args.eval_examples, args.seed,
+                          progress=not args.no_progress)
+    done = time.perf_counter()
+
+    config = {"model": args.model, "model_kwargs": model_kwargs, "task": args.task, "task_kwargs": task_kwargs,
+              "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+              "warmup": args.warmup, "eval_examples": args.eval_examples}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"format_version": CHECKPOINT_VERSION, "model": args.model, "model_kwargs": model_kwargs,
+                  "task": args.task, "task_kwargs": task_kwargs, "seed": args.seed,
+                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                  "train_config": config, "memorylib_version": __version__}
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    command = ["memorylib", *argv]
+    _write_json(run_dir / "config.json", {**config, "command": command})
+    metrics = {"format": RUN_FORMAT, "format_version": 1, "name": name, **config,
+               "task_config": task.config(),
+               "num_parameters": sum(p.numel() for p in model.parameters()),
+               "history": fit["history"], "eval": evals,
+               "timings": {"train_s": round(trained - start, 2), "eval_s": round(done - trained, 2),
+                           "total_s": round(done - start, 2)},
+               "command": command, "versions": _versions(),
+               "numerics": {"threads": torch.get_num_threads(), "reference_environment": reproducible.is_reference()},
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_json(run_dir / "metrics.json", metrics)
+    print(results_table(evals))
+    print(f"\n{args.eval_examples} held-out sequences per task (seed {args.seed}); n: scored answers.")
+    print(f"trained {args.steps} steps in {trained - start:.1f} s, evaluated in {done - trained:.1f} s")
+    print(f"wrote {run_dir}/: checkpoint.pt, metrics.json, config.json")
+    return 0
+
+
+# --- eval -------------------------------------------------------------------------------------
+
+
+def _eval_arguments(p) -> None:
+    _add_model_source(p)
+    _add_task_args(p, all_tasks=True)
+    p.add_argument("--num-examples", type=_int_at_least(1), metavar="N",
+                   help="held-out sequences per task (default: the checkpoint's --eval-examples, else 512)")
+    p.add_argument("--seed", type=_int_at_least(0), metavar="N",
+                   help="evaluation data seed, and the initialisation seed of a fresh --model "
+                        "(default: the checkpoint's seed, else 0)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _eval(args, argv: list) -> int:
+    model, info = _model_from_args(args)
+    ckpt = info["ckpt"]
+    seed = args.seed if args.seed is not None else (ckpt["seed"] if ckpt else 0)
+    num_examples = args.num_examples or (ckpt or {}).get("train_config", {}).get("eval_examples", 512)
+    targets = []
+    for name, kwargs in _task_from_args(args, ckpt, allow_all=True):
+        task = _build("task", name, kwargs)
+        _check_vocab(model, task, info["model"], name)
+        targets += _eval_targets(name, task)
+    results = _evaluate_all(model, targets, num_examples, seed, progress=not args.no_progress)
+    print(_describe(info, seed))
+    print(results_table(results))
+    print(f"\n{num_examples} held-out sequences per task (seed {seed}); n: scored answers; "
+          "95% CI: bootstrap over sequences.")
+    if args.out:
+        out = Path(args.out)
+        record = {"format": EVAL_FORMAT, "format_version": 1, "model": info["model"],
+                  "model_kwargs": info["model_kwargs"], "checkpoint": info["checkpoint"], "seed": seed,
+                  "num_examples": num_examples, "results": results, "command": ["memorylib", *argv],
+                  "versions": _versions()}
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(out, record)
+        except OSError as err:
+            raise CLIError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
+        print(f"wrote {out}")
+    return 0
+
+
+# --- plot -------------------------------------------------------------------------------------
+
+
+def _is_result(r) -> bool:
+    return isinstance(r, dict) and all(k in r for k in ("accuracy", "ci", "chance"))
+
+
+def run_figure(metrics: dict):
+    """Training curves (loss and accuracy at answers) and held-out accuracy by distance, side by
+    side, from a run's ``metrics.json`` (or any :func:`~memorylib.experiments.run` result)."""
+    from plotly.subplots import make_subplots
+
+    from .figures import TEMPLATE, accuracy_by_distance_figure, training_curves_figure
+
+    label = metrics.get("model", "model")
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                        subplot_titles=("training loss at answers", "training accuracy at answers",
+                                        "held-out accuracy by distance"))
+    for trace in training_curves_figure({label: metrics}).data:
+        fig.add_trace(trace, row=1, col=1 if trace.xaxis in (None, "x") else 2)
+    evals = {k: r for k, r in metrics["eval"].items() if isinstance(r, dict) and "by_distance" in r}
+    for trace in accuracy_by_distance_figure(evals).data:
+        fig.add_trace(trace, row=1, col=3)
+    chances = [r["chance"] for r in evals.values() if r.get("chance") is not None]
+    if chances:
+        fig.add_hline(y=min(chances), line={"dash": "dash", "color": "#888"}, row=1, col=3,
+                      annotation_text="chance", annotation_position="bottom right")
+    title = f"{label} on {metrics['task']}" if "task" in metrics else label
+    if "seed" in metrics and "steps" in metrics:
+        title += f", seed {metrics['seed']}, {metrics['steps']} steps"
+    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.22})
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_xaxes(title_text="step", row=1, col=2)
+    fig.update_xaxes(title_text="distance to the evidence (tokens)", row=1, col=3)
+    fig.update_yaxes(range=[-0.02, 1.05], row=1, col=2)
+    fig.update_yaxes(range=[-0.02, 1.05], row=1, col=3)
+    return fig
+
+
+def eval_figure(results: dict[str, dict], title: str | None = None):
+    """Held-out accuracy per task, a bar with its 95 % interval, and chance as a tick."""
+    import plotly.graph_objects as go
+
+    from .figures import PALETTE, TEMPLATE
+
+    labels = list(results)
+    acc = [r["accuracy"] for r in results.values()]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=labels, y=acc, name="accuracy", marker={"color": PALETTE[0], "opacity": 0.7},
+        error_y={"type": "data", "symmetric": False,
+                 "array": [round(r["ci"][1] - r["accuracy"], 4) for r in results.values()],
+                 "arrayminus": [round(r["accuracy"] - r["ci"][0], 4) for r in results.values()]},
+        customdata=[[r["ci"][0], r["ci"][1], r.get("num_answers")] for r in results.values()],
+        hovertemplate="%{x}<br>accuracy %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                      "<br>n=%{customdata[2]} answers<extra></extra>"))
+    fig.add_trace(go.Scatter(x=labels, y=[r["chance"] for r in results.values()], mode="markers", name="chance",
+                             marker={"symbol": "line-ew-open", "size": 28, "color": "#555",
+                                     "line": {"width": 2}}))
+    fig.update_layout(template=TEMPLATE, title=title, height=380,
+                      yaxis={"title": "held-out answer accuracy (95% CI)", "range": [0, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def _figure_from_json(path: str):
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{path!r} does not exist" if not p.exists() else f"{path!r} is not a file")
+    try:
+        data = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIError(f"{path!r} is not JSON ({_one_line(err, 120)})") from None
+    if isinstance(data, dict):
+        history, evals = data.get("history"), data.get("eval")
+        if (isinstance(history, dict) and all(k in history for k in ("step", "loss", "accuracy"))
+                and isinstance(evals, dict) and evals and all(_is_result(r) for r in evals.values())):
+            return run_figure(data)
+        results = data.get("results")
+        if isinstance(results, dict) and results and all(_is_result(r) for r in results.values()):
+            source = data.get("checkpoint") or "freshly initialised"
+            return eval_figure(results, title=f"{data.get('model', 'model')} ({source})")
+    json_type = {"list": "list", "str": "string", "int": "number", "float": "number", "bool": "boolean"}
+    found = (f"its keys: {', '.join(map(str, list(data)[:8])) or 'none'}" if isinstance(data, dict)
+             else f"it holds a JSON {json_type.get(type(data).__name__, 'null')}")
+    raise CLIError(f"{path!r} is neither a run's metrics.json (with history and eval) nor an eval JSON "
+                   f"from 'memorylib eval --out' (with results); {found}")
+
+
+def _plot_arguments(p) -> None:
+    p.add_argument("file", metavar="FILE.json", help="a run's metrics.json or the JSON of eval --out")
+    p.add_argument("--out", metavar="FILE.html|FILE.png",
+                   help="where to write (default: FILE.html beside the input); .png needs kaleido")
+
+
+def _write_png(fig, out: Path) -> None:
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise CLIError("PNG export needs plotly's image exporter kaleido, which is not installed: "
+                       "pip install 'kaleido>=1' (it also needs Chrome: plotly_get_chrome), "
+                       "or write HTML with --out FILE.html") from None
+    try:
+        fig.write_image(out, width=1200, height=fig.layout.height)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise CLIError(f"PNG export failed: {_one_line(err, 300)}") from None
+
+
+def _plot(args, argv: list) -> int:
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(".html")
+    if out.suffix.lower() not in (".html", ".htm", ".png"):
+        raise CLIError(f"--out must end in .html or .png, got {str(out)!r}")
+    fig = _figure_from_json(args.file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        _write_png(fig, out)
+    else:
+        try:
+            fig.write_html(out, include_plotlyjs="cdn")   # a small file; plotly.js comes from its CDN
+        except OSError as err:
+            raise CLIError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
+    print(f"wrote {out}")
+    return 0
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def per_token_signals(trace, batch_size: int, seq_len: int) -> tuple[dict, list[str]]:
+    """The per-token numbers in a model's trace, whatever its keys.
+
+    ``trace``: the dict from ``model(tokens, return_trace=True)``. A tensor of shape
+    ``(batch, seq_len)`` is one number per token; ``(batch, heads, seq_len)`` is averaged over
+    heads; ``(batch, seq_len, slots)`` is shown as the slot with the largest value and that value.
+    Returns ``({key: (values, slots, note)}, skipped)`` with ``values`` (batch, seq_len) float,
+    ``slots`` (batch, seq_len) int64 or None, ``note`` a short description or None; ``skipped``
+    lists the keys that are not per-token (other shapes, None, non-tensors). When a 3-d shape
+    fits both readings (heads == seq_len or slots == seq_len), heads win.
+    """
+    import torch
+
+    signals, skipped = {}, []
+    for key, value in (trace.items() if isinstance(trace, dict) else []):
+        if not isinstance(value, torch.Tensor) or value.is_complex() or value.shape[:1] != (batch_size,):
+            skipped.append(str(key))
+            continue
+        v = value.detach().float().cpu()
+        if v.shape == (batch_size, seq_len):
+            signals[str(key)] = (v, None, None)
+        elif v.dim() == 3 and v.shape[2] == seq_len:
+            note = f"mean over {v.shape[1]} heads" if v.shape[1] > 1 else None
+            signals[str(key)] = (v.mean(dim=1), None, note)
+        elif v.dim() == 3 and v.shape[1] == seq_len and v.shape[2] > 0:
+            top = v.max(dim=2)
+            signals[str(key)] = (top.values, top.indices, f"the largest of {v.shape[2]} slots, as slot:value")
+        else:
+            skipped.append(str(key))
+    return signals, skipped
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _needed_positions(tokens: list[int], targets: list[int], distance: list[int], layout) -> set[int]:
+    """Positions worth printing in a long sequence: every scored query cell, the cell of its
+    evidence, and the latest statement of each fact its answer follows (``SET k v``, and for
+    multi-hop ``SET v w`` after it)."""
+    from .tasks import CELL
+
+    def cell(pos: int) -> range:
+        start = pos - pos % CELL
+        return range(start, min(start + CELL, len(tokens)))
+
+    keep = set()
+    for t, target in enumerate(targets):
+        if target < 0:
+            continue
+        keep.update(cell(t))
+        if distance[t] >= 0:
+            keep.update(cell(t - distance[t]))
+        node, seen = tokens[t], set()
+        while node not in seen and len(seen) < 4:
+            seen.add(node)
+            latest = None
+            for c in range(0, t - t % CELL, CELL):
+                if c + 2 < len(tokens) and tokens[c] == layout.SET and tokens[c + 1] == node:
+                    latest = c
+            if latest is None:
+                break
+            keep.update(cell(latest))
+            node = tokens[latest + 2]
+    return keep
+
+
+def _marks() -> tuple[str, str]:
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        "✓✗".encode(encoding)
+        return "✓", "✗"
+    except (UnicodeEncodeError, LookupError):
+        return "ok", "X"
+
+
+def _demo_arguments(p) -> None:
+    _add_model_source(p)
+    _add_task_args(p, all_tasks=False)
+    p.add_argument("--seed", type=_int_at_least(0), metavar="N",
+                   help="evaluation data seed, and the initialisation seed of a fresh --model "
+                        "(default: the checkpoint's seed, else 0)")
+    p.add_argument("--index", type=_int_at_least(0), default=0, metavar="I",
+                   help="which held-out sequence (default 0); with the same seed, the sequence eval scores as number I "
+                        "among its default 512")
+    p.add_argument("--full", action="store_true",
+                   help=f"print every token (default: sequences longer than {SHORT_SEQUENCE} tokens show "
+                        "only the answers and the facts they need)")
+
+
+def _demo(args, argv: list) -> int:
+    import inspect
+
+    import torch
+
+    from .tasks import derive_seed, make_generator
+
+    model, info = _model_from_args(args)
+    ckpt = info["ckpt"]
+    seed = args.seed if args.seed is not None else (ckpt["seed"] if ckpt else 0)
+    [(task_name, task_kwargs)] = _task_from_args(args, ckpt, allow_all=False)
+    if task_name == "all":
+        raise CLIError("demo shows one task, not 'all'; name it with --task")
+    task = _build("task", task_name, task_kwargs)
+    _check_vocab(model, task, info["model"], task_name)
+    # the held-out stream evaluate() reads with this seed, in its batches of 32
+    gen = make_generator(derive_seed(seed, "eval"))
+    for _ in range(args.index // EVAL_BATCH + 1):
+        batch = task.sample(EVAL_BATCH, gen)
+    row = args.index % EVAL_BATCH
+    tokens = batch.tokens[row:row + 1]
+    T = tokens.shape[1]
+    traced = "return_trace" in inspect.signature(model.forward).parameters
+    trace = None
+    with torch.no_grad():
+        out = model(tokens, return_trace=True) if traced else model(tokens)
+    if isinstance(out, tuple):
+        out, trace = out[0], (out[1] if len(out) > 1 else None)
+    pred = out.argmax(-1)[0].tolist()
+    signals, skipped = per_token_signals(trace, 1, T)
+
+    layout = task.layout
+    toks, targets = tokens[0].tolist(), batch.targets[row].tolist()
+    distance, stale = batch.distance[row].tolist(), batch.stale[row].tolist()
+    right, wrong = _marks()
+    header = ["pos", "token", *signals, "predicted", "target", "", "evidence"]
+    rows, correct, answers, stale_hits = {}, 0, 0, 0
+    for t in range(T):
+        cells = [str(t), layout.label(toks[t])]
+        for values, slots, _ in signals.values():
+            v = float(values[0, t])
+            cells.append(_num(v) if slots is None else f"{int(slots[0, t])}:{_num(v)}")
+        if targets[t] >= 0:
+            ok = pred[t] == targets[t]
+            correct, answers = correct + ok, answers + 1
+            mark = right if ok else wrong
+            if not ok and stale[t] >= 0 and pred[t] == stale[t]:
+                mark, stale_hits = f"{wrong} stale", stale_hits + 1
+            cells += [layout.label(pred[t]) if 0 <= pred[t] < layout.vocab_size else f"id{pred[t]}",
+                      layout.label(targets[t]), mark, f"{distance[t]} back"]
+        else:
+            cells += ["", "", "", ""]
+        rows[t] = cells
+    shown = range(T) if args.full or T <= SHORT_SEQUENCE else sorted(_needed_positions(toks, targets, distance, layout))
+    widths = [len(h) for h in header]
+    for t in shown:
+        widths = [max(w, len(c)) for w, c in zip(widths, rows[t])]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i in (1, len(cells) - 2) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    print(f"{_describe(info, seed)} on {task_name}: held-out sequence {args.index} of seed {seed}, {T} tokens")
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    previous = -1
+    for t in shown:
+        if t != previous + 1:
+            print(f"{'...':>{widths[0]}}  ({t - previous - 1} tokens)")
+        print(line(rows[t]))
+        previous = t
+    if previous != T - 1:
+        print(f"{'...':>{widths[0]}}  ({T - 1 - previous} tokens)")
+    print()
+    summary = (f"{correct}/{answers} answers correct on this sequence ({correct / answers:.2f}); "
+               f"chance {task.chance:.3f}")
+    if stale_hits:
+        summary += f"; {stale_hits} predicted the overwritten (stale) value"
+    print(summary)
+    notes = {}
+    for key, (_, _, note) in signals.items():
+        if note:
+            notes.setdefault(note, []).append(key)
+    for note, keys in notes.items():
+        print(f"{', '.join(keys)}: {note}")
+    if not traced:
+        print(f"{info['model']} has no trace (return_trace): tokens and predictions only")
+    elif skipped:
+        print("trace entries not shown (None, or not one number per token): " + ", ".join(skipped))
+    return 0
+
+
+# --- the verbs ----------------------------------------------------------------------------------
+
+VERBS = {
+    "train": ("train a model on a task, evaluate it on held-out data, save the run",
+              _train_arguments, _train),
+    "eval": ("held-out accuracy of a checkpoint or a fresh model on one task or all",
+             _eval_arguments, _eval),
+    "plot": ("draw a run's metrics.json or an eval JSON to HTML or PNG", _plot_arguments, _plot),
+    "demo": ("one held-out sequence token by token: the model's trace and its answers",
+             _demo_arguments, _demo),
+}
+"""verb -> (one-line help, add_arguments(parser), handler(args, argv) -> exit code)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="memorylib", description="Train, evaluate, plot and inspect memorylib models "
+                     "(models and tasks by their registry names).")
+    parser.add_argument("--version", action="version", version=f"memorylib {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (help_text, add_arguments, handler) in VERBS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb; returns the exit code (0 on success, 2 on bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except CLIError as err:
+        print(f"{err.prog or 'memorylib'}: error: {_one_line(err, 1000)}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:          # --help and --version
+        return stop.code if isinstance(stop.code, int) else 0
+    try:
+        return args.handler(args, argv)
+    except CLIError as err:
+        print(f"memorylib {args.verb}: error: {_one_line(err, 1000)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"memorylib {args.verb}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,323 @@
+"""The command line, in-process on tiny models: what train writes, that eval reproduces it, plot,
+demo with any trace, and bad input answered with exit code 2 and one line that names it."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from memorylib import registry
+from memorylib.cli import VERBS, main, per_token_signals
+from memorylib.experiments import run as run_experiment
+from memorylib.registry import build_model, build_task, task_names
+from memorylib.tasks import TokenLayout
+from memorylib.training import predict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODEL = ["--model", "local_transformer", "--model-arg", "d_model=16", "--model-arg", "num_heads=2"]
+TASK = ["--task", "associative_lookup", "--task-arg", "seq_len=48", "--task-arg", "num_pairs=2",
+        "--task-arg", "num_queries=2", "--task-arg", "min_distance=18"]
+TASK_KWARGS = {"seq_len": 48, "num_pairs": 2, "num_queries": 2, "min_distance": 18}
+TRAIN = ["train", *MODEL, *TASK, "--steps", "3", "--batch-size", "4", "--eval-examples", "8"]
+RUN_NAME = "local_transformer-associative_lookup-s0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is enough, and leaves the other core to whatever else runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("cli") / "runs"
+    assert main([*TRAIN, "--runs", str(runs), "--no-progress"]) == 0
+    return runs / RUN_NAME
+
+
+def _loaded(run_dir):
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    model = build_model(ckpt["model"], **ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return ckpt, model.eval()
+
+
+def test_train_writes_a_run_that_matches_the_library_and_eval_reproduces_it(run_dir, tmp_path, capsys):
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.json"]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["format_version"] == 1 and ckpt["memorylib_version"]
+    assert (ckpt["model"], ckpt["model_kwargs"]) == ("local_transformer", {"d_model": 16, "num_heads": 2})
+    assert (ckpt["task"], ckpt["task_kwargs"], ckpt["seed"]) == ("associative_lookup", TASK_KWARGS, 0)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["history"]["step"] == [0, 2] and len(metrics["history"]["loss"]) == 2
+    assert set(metrics["timings"]) == {"train_s", "eval_s", "total_s"}
+    assert metrics["command"][:2] == ["memorylib", "train"] and "--eval-examples" in metrics["command"]
+    assert metrics["versions"]["torch"] == torch.__version__
+    assert json.loads((run_dir / "config.json").read_text())["task_kwargs"] == TASK_KWARGS
+    saved = metrics["eval"]["associative_lookup"]
+    assert (saved["num_examples"], saved["num_answers"]) == (8, 16)
+
+    # the same run through memorylib.experiments.run: same weights, same numbers
+    task = build_task("associative_lookup", **TASK_KWARGS)
+    result, model = run_experiment("local_transformer", task, seed=0, steps=3, batch_size=4, lr=1e-2,
+                                   model_kwargs={"d_model": 16, "num_heads": 2}, num_examples=8,
+                                   return_model=True)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(ckpt["state_dict"][key], tensor), key
+    torch.manual_seed(0)
+    fresh = build_model("local_transformer", d_model=16, num_heads=2).state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in ckpt["state_dict"].items())   # trained weights saved
+    assert result["history"] == metrics["history"] and result["eval"]["train"] == saved
+
+    # eval reads the checkpoint's task, seed and example count: the saved result, number for number
+    out = tmp_path / "eval.json"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["results"] == {"associative_lookup": saved} and data["seed"] == 0
+    assert f"associative_lookup     {saved['accuracy']:.3f}" in printed
+
+
+def test_progress_bars_overwrite_protection_and_force(tmp_path, capsys):
+    small = ["train", *MODEL, *TASK, "--steps", "1", "--batch-size", "2", "--eval-examples", "2",
+             "--runs", str(tmp_path)]
+    assert main(small) == 0
+    assert "local_transformer on associative_lookup" in capsys.readouterr().err     # the tqdm bar
+    assert main(small) == 2
+    err = capsys.readouterr().err
+    assert RUN_NAME in err and "already exists" in err and "--force" in err
+    assert main([*small, "--steps", "2", "--force", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads((tmp_path / RUN_NAME / "metrics.json").read_text())["steps"] == 2
+
+
+def test_eval_on_all_tasks(tmp_path, capsys):
+    out = tmp_path / "all.json"
+    assert main(["eval", *MODEL, "--task", "all", "--num-examples", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())["results"]
+    expected = [n for n in task_names() if n != "length_extrapolation"] + \
+        [f"length_extrapolation x{f}" for f in (1, 2, 4, 8)]
+    assert sorted(results) == sorted(expected)
+    for label, r in results.items():
+        assert label in printed
+        assert r["num_examples"] == 2 and r["ci"][0] <= r["accuracy"] <= r["ci"][1]
+    assert results["length_extrapolation x8"]["max_distance"] > results["length_extrapolation x1"]["max_distance"]
+
+
+def test_plot_writes_html_for_a_run_and_for_an_eval(run_dir, tmp_path, capsys):
+    html = tmp_path / "run.html"
+    assert main(["plot", str(run_dir / "metrics.json"), "--out", str(html)]) == 0
+    text = html.read_text()
+    assert "cdn.plot.ly" in text and "Plotly.newPlot" in text and "held-out accuracy by distance" in text
+    evaluated = tmp_path / "eval.json"
+    assert main(["eval", *MODEL, "--task", "needle_recall", "--num-examples", "2", "--out", str(evaluated)]) == 0
+    assert main(["plot", str(evaluated)]) == 0                            # default: beside the input
+    text = (tmp_path / "eval.html").read_text()
+    assert "Plotly.newPlot" in text and "needle_recall" in text and '"chance"' in text
+
+
+def test_png_without_kaleido_is_a_clear_error(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kaleido", None)                    # import kaleido now fails
+    png = tmp_path / "run.png"
+    assert main(["plot", str(run_dir / "metrics.json"), "--out", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert "kaleido" in err and "pip install" in err and "--out FILE.html" in err and "Traceback" not in err
+    assert not png.exists()
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"foo": 1}', "its keys: foo"),
+    ("[1, 2]", "it holds a JSON list"),
+    ("not json", "is not JSON"),
+])
+def test_plot_rejects_other_files(tmp_path, capsys, content, match):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    assert main(["plot", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and match in err and err.count("\n") == 1
+
+
+def test_demo_marks_every_answer_as_evaluate_scores_it(run_dir, capsys):
+    assert main(["demo", "--checkpoint", str(run_dir / "checkpoint.pt"), "--index", "3"]) == 0
+    out = capsys.readouterr().out
+    answers = [line.split() for line in out.splitlines() if "✓" in line or "✗" in line]
+    # the same held-out sequence as evaluate's example 3 with the checkpoint's seed
+    ckpt, model = _loaded(run_dir)
+    p = predict(model, build_task("associative_lookup", **TASK_KWARGS), num_examples=32, seed=0)
+    mine = p["example"] == 3
+    label = TokenLayout().label
+    assert len(answers) == int(mine.sum()) == 2
+    for cells, pred, target, ok in zip(answers, p["predicted"][mine], p["target"][mine], p["correct"][mine]):
+        assert cells[2:5] == [label(pred), label(target), "✓" if ok else "✗"]
+    assert f"{int(p['correct'][mine].sum())}/2 answers correct on this sequence" in out
+    assert "no trace" in out          # a transformer: tokens and predictions only
+
+
+@pytest.mark.parametrize("model,columns,notes", [
+    (["slot_memory", "slot_dim=8", "num_slots=4"], ["read", "write", "age_before", "write_gate", "erase"],
+     ["read, write, age_before: the largest of 4 slots"]),
+    (["gated_delta_memory", "memory_heads=2"], ["lr", "retain"],
+     ["lr, retain: mean over 2 heads", "not shown (None, or not one number per token): momentum, reads"]),
+])
+def test_demo_shows_a_models_trace(capsys, model, columns, notes):
+    args = ["demo", "--model", model[0], "--model-arg", "d_model=16", "--model-arg", "num_heads=2"]
+    for extra in model[1:]:
+        args += ["--model-arg", extra]
+    assert main([*args, "--task", "associative_lookup", "--task-arg", "seq_len=36", "--task-arg", "num_pairs=2",
+                 "--task-arg", "num_queries=2", "--task-arg", "min_distance=12"]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[1].split()
+    assert header[:2] == ["pos", "token"] and header[2:2 + len(columns)] == columns
+    assert all(note in out for note in notes)
+    assert sum(line.count("✓") + line.count("✗") for line in out.splitlines()) == 2
+
+
+class _Traced(nn.Module):
+    """A stand-in for a model not written yet: a trace with keys the command line does not know."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(TokenLayout().vocab_size, 8)
+        self.head = nn.Linear(8, TokenLayout().vocab_size)
+
+    def forward(self, tokens, return_trace=False):
+        logits = self.head(self.embed(tokens))
+        B, T = tokens.shape
+        trace = {"sidecar_weight": torch.rand(B, T, 3), "surprise": torch.rand(B, T), "gate": torch.rand(B, 2, T),
+                 "cache": torch.zeros(B, T, 3, 4), "momentum": None, "info": "text"}
+        return (logits, trace) if return_trace else logits
+
+
+def test_demo_handles_trace_keys_it_does_not_know(monkeypatch, capsys):
+    monkeypatch.setitem(registry._MODELS, "traced_stand_in", lambda **kw: _Traced())
+    assert main(["demo", "--model", "traced_stand_in", "--task", "associative_lookup", "--task-arg", "seq_len=36",
+                 "--task-arg", "num_pairs=2", "--task-arg", "num_queries=2", "--task-arg", "min_distance=12"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:5] == ["pos", "token", "sidecar_weight", "surprise", "gate"]
+    assert "not shown (None, or not one number per token): cache, momentum, info" in out
+
+
+class _RemembersTheOldValue(nn.Module):
+    """Answers every query with the value its key had before the latest update (when it had one)."""
+
+    def forward(self, tokens):
+        lay = TokenLayout()
+        logits = torch.zeros(*tokens.shape, lay.vocab_size)
+        for b, row in enumerate(tokens.tolist()):
+            stated = {}
+            for c in range(0, len(row) - 2, 3):
+                marker, key, value = row[c:c + 3]
+                if marker == lay.SET:
+                    stated.setdefault(key, []).append(value)
+                elif marker == lay.ASK and key in stated:
+                    logits[b, c + 1, stated[key][-2 if len(stated[key]) > 1 else -1]] = 1.0
+        return logits
+
+
+def test_demo_says_when_an_answer_is_the_overwritten_value(monkeypatch, capsys):
+    monkeypatch.setitem(registry._MODELS, "stale_stand_in", lambda **kw: _RemembersTheOldValue())
+    assert main(["demo", "--model", "stale_stand_in", "--task", "changing_facts", "--full"]) == 0
+    out = capsys.readouterr().out
+    p = predict(_RemembersTheOldValue(), build_task("changing_facts"), num_examples=32, seed=0)
+    mine = p["example"] == 0
+    has_stale = int((p["stale"][mine] >= 0).sum())
+    assert 0 < has_stale < int(mine.sum())                 # both kinds of answer occur
+    assert out.count("✗ stale") == has_stale and out.count("✓") == int(p["correct"][mine].sum())
+    assert f"{has_stale} predicted the overwritten (stale) value" in out
+
+
+def test_per_token_signals_reduces_heads_and_slots_and_skips_the_rest():
+    B, T = 2, 5
+    g = torch.Generator().manual_seed(0)
+    trace = {"surprise": torch.rand(B, T, generator=g), "gate": torch.rand(B, 3, T, generator=g),
+             "lr": torch.rand(B, 1, T, generator=g), "sidecar_weight": torch.rand(B, T, 4, generator=g),
+             "reads": torch.rand(B, 3, T, 8, generator=g), "momentum": None, "note": "text",
+             "scalar": torch.tensor(1.0), "other_batch": torch.rand(1, T, generator=g)}
+    signals, skipped = per_token_signals(trace, B, T)
+    assert list(signals) == ["surprise", "gate", "lr", "sidecar_weight"]
+    assert skipped == ["reads", "momentum", "note", "scalar", "other_batch"]
+    assert torch.equal(signals["surprise"][0], trace["surprise"])
+    assert torch.allclose(signals["gate"][0], trace["gate"].mean(1)) and signals["gate"][2] == "mean over 3 heads"
+    assert signals["lr"][2] is None
+    values, slots, _ = signals["sidecar_weight"]
+    assert torch.equal(slots, trace["sidecar_weight"].argmax(-1)) and torch.equal(values, trace["sidecar_weight"].amax(-1))
+
+
+def test_demo_shortens_long_sequences_unless_full(capsys):
+    args = ["demo", *MODEL, "--task", "needle_recall"]                   # 192 tokens, one answer
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    answer = next(line.split() for line in lines if "✓" in line or "✗" in line)
+    target = answer[3]
+    needle = [line for line in lines if line.split()[1:2] == [target]]   # the fact the answer needs
+    assert sum("..." in line for line in lines) >= 2 and len(lines) < 30 and len(needle) >= 2
+    assert main([*args, "--full"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    assert [int(r.split()[0]) for r in rows] == list(range(192))
+
+
+def _bad_inputs(ctx):
+    ckpt = str(ctx["run_dir"] / "checkpoint.pt")
+    tmp = ctx["tmp"]
+    return {
+        "unknown model": (["train", "--model", "tiny_transformr", "--task", "associative_lookup", "--runs", str(tmp)],
+                          "unknown model 'tiny_transformr' (did you mean 'tiny_transformer'?)"),
+        "unknown task": (["eval", *MODEL, "--task", "lookup"], "unknown task 'lookup'"),
+        "no equals sign": (["eval", "--model", "local_transformer", "--model-arg", "d_model", "--task", "needle_recall"],
+                           "expected key=value (e.g. d_model=16), got 'd_model'"),
+        "bad key": (["eval", "--model", "local_transformer", "--model-arg", "1x=3", "--task", "needle_recall"],
+                    "got '1x=3'"),
+        "unknown option": (["eval", "--model", "local_transformer", "--model-arg", "d_modle=16", "--task", "needle_recall"],
+                           "unexpected keyword argument 'd_modle'"),
+        "bad option value": (["demo", "--model", "local_transformer", "--model-arg", "window=0", "--task", "needle_recall"],
+                             "from window=0: window must be None (full attention) or an int >= 1, got 0"),
+        "bad number": (["train", *MODEL, *TASK, "--steps", "0"], "--steps: must be an int >= 1, got '0'"),
+        "missing checkpoint": (["eval", "--checkpoint", str(tmp / "missing.pt")], "missing.pt' does not exist"),
+        "random bytes": (["eval", "--checkpoint", ctx["random"]], "random.pt' is not a memorylib checkpoint"),
+        "foreign torch file": (["demo", "--checkpoint", ctx["foreign"]], "it lacks format_version, model"),
+        "weights do not fit": (["eval", "--checkpoint", ckpt, "--model-arg", "d_model=32"],
+                               "do not fit model 'local_transformer' with d_model=32, num_heads=2: shapes differ"),
+        "weights missing": (["eval", "--checkpoint", ctx["pruned"]], "do not fit model 'local_transformer'"),
+        "run folder exists": ([*TRAIN, "--runs", str(ctx["run_dir"].parent)], f"{RUN_NAME}' already exists"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs({"run_dir": pathlib.Path("x"), "tmp": pathlib.Path("x"),
+                                                   "random": "", "foreign": "", "pruned": ""})))
+def test_bad_input_exits_2_with_one_line_naming_it(case, run_dir, tmp_path, capsys):
+    (tmp_path / "random.pt").write_bytes(os.urandom(512))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    del ckpt["state_dict"]["head.weight"]
+    torch.save(ckpt, tmp_path / "pruned.pt")
+    ctx = {"run_dir": run_dir, "tmp": tmp_path, "random": str(tmp_path / "random.pt"),
+           "foreign": str(tmp_path / "foreign.pt"), "pruned": str(tmp_path / "pruned.pt")}
+    argv, match = _bad_inputs(ctx)[case]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert match in captured.err, captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"memorylib {argv[0]}: error: ")
+    assert "Traceback" not in captured.err
+
+
+def test_help_through_python_dash_m_and_the_console_script(capsys):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "memorylib", "--help"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert all(verb in done.stdout for verb in VERBS) and done.stdout.startswith("usage: memorylib")
+    assert main(["train", "--help"]) == 0 and "--model-arg KEY=VALUE" in capsys.readouterr().out
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"memorylib": "memorylib.cli:main"}

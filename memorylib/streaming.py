@@ -125,7 +125,8 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
 
     Depths are spread evenly: trial ``i`` hides its needle at depth ``(i % num_depths) / (num_depths - 1)``.
     Returns ``accuracy`` with a Wilson 95 % interval, ``chance``, ``by_depth`` (depth, n, accuracy,
-    interval), ``state_bytes`` (per stream, after the last piece; the same for every length),
+    interval), ``outcomes`` (one character per trial, "1" if correct), ``state_bytes`` (per stream,
+    after the last piece; the same for every length),
     ``seconds`` and ``tokens_per_second``.
     """
     _check_int("trials", trials, 1)
@@ -176,5 +177,6 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
         raise AssertionError(f"the carried state changed size between batches: {sorted(state_bytes)} bytes")
     return {"seq_len": seq_len, "mode": mode, "filler": filler, "trials": n, "correct": k, "accuracy": r(k / n),
             "ci": [r(lo_ci), r(hi_ci)], "chance": r(1 / TokenLayout().num_values), "by_depth": by_depth,
+            "outcomes": "".join("1" if c else "0" for c in correct),
             "state_bytes": state_bytes.pop(), "piece": piece, "seconds": round(seconds, 1),
             "tokens_per_second": round(total / seconds)}

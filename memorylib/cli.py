@@ -747,6 +747,63 @@ def _demo(args, argv: list) -> int:
     return 0
 
 
+# --- stream -----------------------------------------------------------------------------------
+
+
+def _stream_arguments(p) -> None:
+    _add_model_source(p)
+    p.add_argument("--length", type=_int_at_least(150), required=True, metavar="TOKENS",
+                   help="tokens per stream, e.g. 262144")
+    p.add_argument("--trials", type=_int_at_least(1), default=200, metavar="N", help="streams (default 200)")
+    p.add_argument("--mode", default="needle", metavar="MODE",
+                   help="needle (default), or a leakage control: removed, shuffled, other_key")
+    p.add_argument("--filler", default="predictable", metavar="KIND", help="predictable (default) or random")
+    p.add_argument("--depths", type=_int_at_least(2), default=10, metavar="N",
+                   help="needle depths spread evenly over the stream (default 10)")
+    p.add_argument("--piece", type=_int_at_least(1), default=64, metavar="TOKENS",
+                   help="tokens fed per call (default 64)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=100, metavar="N",
+                   help="streams run side by side (default 100)")
+    p.add_argument("--seed", type=_int_at_least(0), metavar="N", help="stream seed (default 0)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _stream(args, argv: list) -> int:
+    """Needle accuracy on long streams fed piece by piece with a carried state of constant size."""
+    from .streaming import STREAM_MODES, stream_needle
+
+    if args.mode not in STREAM_MODES:
+        raise CLIError(f"--mode must be one of {', '.join(STREAM_MODES)}, got {args.mode!r}")
+    if args.filler not in ("predictable", "random"):
+        raise CLIError(f"--filler must be predictable or random, got {args.filler!r}")
+    model, info = _model_from_args(args)
+    if not hasattr(model, "stream"):
+        raise CLIError(f"model {info['model']!r} cannot stream (its state grows with the sequence); streaming "
+                       "models: full_memory, no_sidecar, full_no_surprise, full_no_erase")
+    seed = args.seed or 0
+    r = stream_needle(model, args.length, args.trials, num_depths=args.depths, piece=args.piece,
+                      batch_size=args.batch_size, seed=seed, mode=args.mode, filler=args.filler,
+                      progress=not args.no_progress)
+    print(_describe(info, seed))
+    print(f"{args.mode} at {args.length} tokens ({args.filler} haystack): accuracy {r['accuracy']:.3f} "
+          f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] over {r['trials']} streams; chance {r['chance']:.3f}")
+    print("depth     " + " ".join(f"{d:>5.2f}" for d in r["by_depth"]["depth"]))
+    print("accuracy  " + " ".join(f"{a:>5.2f}" for a in r["by_depth"]["accuracy"]))
+    print(f"state carried per stream: {r['state_bytes']} bytes; {r['tokens_per_second']} tokens/s")
+    if args.out:
+        out = Path(args.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(out, {"format": "memorylib-stream", "format_version": 1, "model": info["model"],
+                              "model_kwargs": info["model_kwargs"], "checkpoint": info["checkpoint"],
+                              "result": r, "command": ["memorylib", *argv], "versions": _versions()})
+        except OSError as err:
+            raise CLIError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
+        print(f"wrote {out}")
+    return 0
+
+
 # --- the verbs ----------------------------------------------------------------------------------
 
 VERBS = {
@@ -757,6 +814,8 @@ VERBS = {
     "plot": ("draw a run's metrics.json or an eval JSON to HTML or PNG", _plot_arguments, _plot),
     "demo": ("one held-out sequence token by token: the model's trace and its answers",
              _demo_arguments, _demo),
+    "stream": ("needle accuracy on long streams fed piece by piece with a state of constant size",
+               _stream_arguments, _stream),
 }
 """verb -> (one-line help, add_arguments(parser), handler(args, argv) -> exit code)."""
 

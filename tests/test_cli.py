@@ -25,6 +25,8 @@ TASK = ["--task", "associative_lookup", "--task-arg", "seq_len=48", "--task-arg"
 TASK_KWARGS = {"seq_len": 48, "num_pairs": 2, "num_queries": 2, "min_distance": 18}
 TRAIN = ["train", *MODEL, *TASK, "--steps", "3", "--batch-size", "4", "--eval-examples", "8"]
 RUN_NAME = "local_transformer-associative_lookup-s0"
+SMALL_FULL = ["--model", "full_memory", "--model-arg", "d_model=16", "--model-arg", "num_heads=2",
+              "--model-arg", "key_dim=8", "--model-arg", "value_dim=8", "--model-arg", "sidecar_dim=8"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -290,6 +292,11 @@ def _bad_inputs(ctx):
                                "do not fit model 'local_transformer' with d_model=32, num_heads=2: shapes differ"),
         "weights missing": (["eval", "--checkpoint", ctx["pruned"]], "do not fit model 'local_transformer'"),
         "run folder exists": ([*TRAIN, "--runs", str(ctx["run_dir"].parent)], f"{RUN_NAME}' already exists"),
+        "model cannot stream": (["stream", "--checkpoint", ckpt, "--length", "600"],
+                                "model 'local_transformer' cannot stream"),
+        "bad stream mode": (["stream", *SMALL_FULL, "--length", "600", "--mode", "peek"],
+                            "--mode must be one of needle, removed, shuffled, other_key, got 'peek'"),
+        "stream too short": (["stream", *SMALL_FULL, "--length", "100"], "--length: must be an int >= 150, got '100'"),
     }
 
 
@@ -309,6 +316,20 @@ def test_bad_input_exits_2_with_one_line_naming_it(case, run_dir, tmp_path, caps
     assert match in captured.err, captured.err
     assert captured.err.count("\n") == 1 and captured.err.startswith(f"memorylib {argv[0]}: error: ")
     assert "Traceback" not in captured.err
+
+
+def test_stream_reports_per_depth_accuracy_and_state_bytes(tmp_path, capsys):
+    out = tmp_path / "stream.json"
+    argv = ["stream", *SMALL_FULL, "--length", "2000", "--trials", "6", "--depths", "3", "--batch-size", "3",
+            "--mode", "removed", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "removed at 2000 tokens (predictable haystack)" in text and "over 6 streams" in text
+    assert "depth      0.00  0.50  1.00" in text and "state carried per stream:" in text
+    record = json.loads(out.read_text())
+    r = record["result"]
+    assert record["format"] == "memorylib-stream" and r["trials"] == 6 and len(r["outcomes"]) == 6
+    assert r["by_depth"]["n"] == [2, 2, 2] and r["state_bytes"] > 0 and record["command"][1] == "stream"
 
 
 def test_help_through_python_dash_m_and_the_console_script(capsys):

@@ -771,3 +771,50 @@ def chunk_slider_figure(table: dict, profiles: dict, baseline_us: float | None =
     fig.update_layout(height=500, sliders=[{"active": sizes.index(active), "steps": steps, "pad": {"t": 60},
                                             "currentvalue": {"prefix": "chunk size: "}}])
     return fig
+
+
+# --- the sidecar (chapter 7) ----------------------------------------------------------------------
+
+
+def sidecar_recall_figure(num_pairs: list, curves: dict, active=None,
+                          title: str = "Recall beyond capacity: a memory with a sidecar beside it") -> go.Figure:
+    """A slider over the sidecar's capacity ``K``; on each step, recall against the number of
+    stored pairs, one panel per memory, one line per variant (memory alone, sidecar kept by
+    surprise, sidecar kept at random, ...). Works in a static page with no kernel.
+
+    num_pairs: the x values; curves: ``{K: {panel: {variant: [accuracy per num_pairs]}}}`` (from
+    :func:`memorylib.recall.store_and_recall_with_sidecar`). Introduced in chapter 7."""
+    if not curves:
+        raise ValueError("curves must hold at least one capacity")
+    capacities = list(curves)
+    panels = list(curves[capacities[0]])
+    variants = list(curves[capacities[0]][panels[0]])
+    for K in capacities:
+        for panel in panels:
+            for variant in variants:
+                if len(curves[K][panel][variant]) != len(num_pairs):
+                    raise ValueError(f"curve {K}/{panel}/{variant} has {len(curves[K][panel][variant])} values "
+                                     f"for {len(num_pairs)} numbers of pairs")
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, shared_yaxes=True)
+    per_step = len(panels) * len(variants)
+    active_index = capacities.index(active) if active in capacities else 0
+    for j, K in enumerate(capacities):
+        for p, panel in enumerate(panels):
+            for i, variant in enumerate(variants):
+                fig.add_trace(go.Scatter(
+                    x=list(num_pairs), y=_r(curves[K][panel][variant], 3), name=variant, mode="lines+markers",
+                    line={"color": PALETTE[i % len(PALETTE)], "dash": "dot" if "bound" in variant else "solid"},
+                    legendgroup=variant, showlegend=p == 0, visible=j == active_index,
+                    hovertemplate=f"{panel}, {variant}, K={K}<br>%{{x}} pairs: recall %{{y:.3f}}<extra></extra>"),
+                    row=1, col=p + 1)
+    steps = [{"method": "update", "label": str(K),
+              "args": [{"visible": [k // per_step == j for k in range(len(capacities) * per_step)]}]}
+             for j, K in enumerate(capacities)]
+    fig.update_xaxes(type="log", tickvals=list(num_pairs), title="pairs stored")
+    fig.update_yaxes(range=[-0.02, 1.05])
+    fig.update_yaxes(title="recall", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=450,
+                      sliders=[{"active": active_index, "steps": steps,
+                                "currentvalue": {"prefix": "sidecar capacity K: "}, "pad": {"t": 60}}],
+                      legend={"orientation": "h", "y": 1.16})
+    return fig

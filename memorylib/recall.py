@@ -107,6 +107,23 @@ def store_and_recall(kind: str, num_pairs: int, dim: int = 32, trials: int = 32,
 SIDECAR_RANKS = ("surprise", "random")
 
 
+def prediction_errors(kind: str, keys: torch.Tensor, values: torch.Tensor, lr: float = 1.0,
+                      retain: float = 1.0) -> torch.Tensor:
+    """``(trials, num_pairs)``: how far each value is from what the memory predicted for its key
+    just before writing it, ``||v_i - M_{i-1} k_i||`` (pairs written in order by the matrix
+    memory ``kind``, "delta" or "additive"; ``M_0 = 0``). The surprise of a pair to the memory."""
+    if kind not in ("delta", "additive"):
+        raise ValueError(f"kind must be 'delta' or 'additive' for prediction errors, got {kind!r}")
+    B, _, N, _ = keys.shape
+    keep = None if retain == 1 else torch.full((B, 1, N), float(retain))
+    # the same writes, read with the next pair's key: out_i = M_i k_{i+1}, the prediction for pair i + 1
+    nxt = torch.cat([keys[:, :, 1:], torch.zeros_like(keys[:, :, :1])], 2)
+    ahead, _ = delta_rule(nxt, keys, values, torch.full((B, 1, N), float(lr)), keep, chunk_size=64,
+                          erase=kind == "delta")
+    pred = torch.cat([torch.zeros_like(values[:, :, :1]), ahead[:, :, :-1]], 2)
+    return (values - pred).norm(dim=-1)[:, 0]
+
+
 def store_and_recall_with_sidecar(kind: str, num_pairs: int, capacity: int, dim: int = 32, trials: int = 32,
                                   seed: int = 0, rank: str = "surprise", match: float = 0.99, **write_kwargs) -> dict:
     """:func:`store_and_recall` with a sidecar of ``capacity`` pairs beside the memory (chapter 7).
@@ -131,16 +148,8 @@ def store_and_recall_with_sidecar(kind: str, num_pairs: int, capacity: int, dim:
     with torch.no_grad():
         mem_reads = read(keys)
         if rank == "surprise":
-            # the memory's prediction of pair i just before writing it: the same writes, read with the next key
-            lr = float(write_kwargs.get("lr", 1.0))
-            retain = write_kwargs.get("retain", 1.0)
-            B, _, N, _ = keys.shape
-            keep = None if retain == 1 else torch.full((B, 1, N), float(retain))
-            nxt = torch.cat([keys[:, :, 1:], torch.zeros_like(keys[:, :, :1])], 2)
-            before, _ = delta_rule(nxt, keys, values, torch.full((B, 1, N), lr), keep,
-                                   chunk_size=64, erase=kind == "delta")
-            pred = torch.cat([torch.zeros_like(values[:, :, :1]), before[:, :, :-1]], 2)
-            score = (values - pred).norm(dim=-1)[:, 0]
+            score = prediction_errors(kind, keys, values, lr=float(write_kwargs.get("lr", 1.0)),
+                                      retain=write_kwargs.get("retain", 1.0))
         else:
             score = torch.rand(trials, num_pairs, generator=torch.Generator().manual_seed(20_000 + seed))
         mem_hits = recalled(mem_reads, values)

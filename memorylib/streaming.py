@@ -180,3 +180,11 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
             "outcomes": "".join("1" if c else "0" for c in correct),
             "state_bytes": state_bytes.pop(), "piece": piece, "seconds": round(seconds, 1),
             "tokens_per_second": round(total / seconds)}
+
+
+def depth_curve(result: dict) -> dict:
+    """``{depth: {"accuracy", "ci"}}`` from a :func:`stream_needle` result, the shape
+    :func:`~memorylib.figures.accuracy_curve_figure` draws."""
+    d = result["by_depth"]
+    return {depth: {"accuracy": a, "ci": [lo, hi]}
+            for depth, a, lo, hi in zip(d["depth"], d["accuracy"], d["ci_low"], d["ci_high"])}

@@ -286,3 +286,45 @@ def chunk_size_explorer(stream: dict, learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0)
 
     out = live_output(draw, {"chunk": size, "lr_value": rate})
     return w.VBox([w.HBox([size, rate]), out])
+
+
+def sidecar_curves(kind: str, capacity: int, num_pairs=(8, 16, 32, 64, 128, 256), trials: int = 32,
+                   seed: int = 0) -> dict:
+    """``{variant: [recall per number of pairs]}`` for a memory ``kind`` ("delta" or "additive")
+    with a sidecar of ``capacity`` pairs: the memory alone, the sidecar kept by surprise, the
+    sidecar kept at random, and the bound (memory alone + K / N). Introduced in chapter 7."""
+    from .recall import store_and_recall_with_sidecar
+
+    rows = {"memory alone": [], "+ sidecar, kept by surprise": [], "+ sidecar, kept at random": [],
+            "bound: memory + K/N": []}
+    for n in num_pairs:
+        by_surprise = store_and_recall_with_sidecar(kind, n, capacity, trials=trials, seed=seed)
+        at_random = store_and_recall_with_sidecar(kind, n, capacity, trials=trials, seed=seed, rank="random")
+        rows["memory alone"].append(by_surprise["memory_only"])
+        rows["+ sidecar, kept by surprise"].append(by_surprise["accuracy"])
+        rows["+ sidecar, kept at random"].append(at_random["accuracy"])
+        rows["bound: memory + K/N"].append(round(min(1.0, by_surprise["memory_only"] + capacity / n), 4))
+    return rows
+
+
+def sidecar_explorer(kinds=("delta", "additive"), capacities=(0, 4, 8, 16, 32, 64),
+                     num_pairs=(8, 16, 32, 64, 128, 256), capacity: int = 16, trials: int = 32, seed: int = 0):
+    """A slider over the sidecar's capacity and a choice of memory; each setting writes and
+    recalls the pairs live (:func:`sidecar_curves`) and redraws
+    :func:`~memorylib.figures.sidecar_recall_figure`. The static book shows the same figure with
+    precomputed capacities. Returns an ``ipywidgets.VBox``. Introduced in chapter 7."""
+    from .figures import sidecar_recall_figure
+
+    w = _ipywidgets()
+    if capacity not in capacities:
+        raise ValueError(f"capacity must be one of {tuple(capacities)}, got {capacity!r}")
+    size = w.SelectionSlider(options=[str(c) for c in capacities], value=str(capacity), description="sidecar K",
+                             continuous_update=False)
+    memory = w.ToggleButtons(options=list(kinds), value=kinds[0], description="memory")
+
+    def draw(K: str, kind: str):
+        curves = {int(K): {kind: sidecar_curves(kind, int(K), num_pairs, trials, seed)}}
+        sidecar_recall_figure(list(num_pairs), curves, title=f"{kind} memory with a sidecar of {K} pairs (live)").show()
+
+    out = live_output(draw, {"K": size, "kind": memory})
+    return w.VBox([w.HBox([size, memory]), out])

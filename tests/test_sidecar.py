@@ -85,3 +85,49 @@ def test_bad_inputs_name_the_value():
     _, state = sidecar_attention(q, k, v, s, K, return_state=True)
     with pytest.raises(ValueError, match=r"expected \(2, 3\)"):
         sidecar_attention(q, k, v, s, 3, state=state)
+
+
+# --- recall beyond capacity with a sidecar (memorylib.recall) ----------------------------------
+
+from memorylib.delta_rule import delta_rule_reference  # noqa: E402
+from memorylib.figures import sidecar_recall_figure  # noqa: E402
+from memorylib.recall import prediction_errors, random_pairs, store_and_recall, store_and_recall_with_sidecar  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["delta", "additive"])
+def test_prediction_errors_are_the_memorys_error_just_before_each_write(kind):
+    keys, values = random_pairs(3, 10, 6, seed=1)
+    errs = prediction_errors(kind, keys, values, lr=0.7, retain=0.9)
+    M = torch.zeros(3, 1, 6, 6)
+    for i in range(10):
+        pred = (M @ keys[:, :, i, :, None])[..., 0]
+        assert torch.allclose(errs[:, i], (values[:, 0, i] - pred[:, 0]).norm(dim=-1), atol=1e-5)
+        _, M = delta_rule_reference(keys[:, :, i:i + 1], keys[:, :, i:i + 1], values[:, :, i:i + 1],
+                                    torch.full((3, 1, 1), 0.7), torch.full((3, 1, 1), 0.9), state=M,
+                                    erase=kind == "delta")
+
+
+@pytest.mark.parametrize("kind", ["delta", "additive"])
+def test_sidecar_answers_exactly_its_k_pairs_and_never_beats_the_bound(kind):
+    alone = store_and_recall(kind, 64, trials=8, seed=2)
+    for K, rank in ((0, "surprise"), (16, "surprise"), (16, "random"), (64, "surprise")):
+        r = store_and_recall_with_sidecar(kind, 64, K, trials=8, seed=2, rank=rank)
+        assert r["memory_only"] == alone["accuracy"]
+        assert r["from_sidecar"] == K / 64                       # each cached pair matches its own key only
+        assert r["accuracy"] <= r["memory_only"] + K / 64 + 1e-9
+        assert r["accuracy"] >= r["memory_only"] - 1e-9          # a cached pair is always recalled
+        if K == 64:
+            assert r["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="rank must be one of"):
+        store_and_recall_with_sidecar(kind, 8, 2, rank="oldest")
+
+
+def test_sidecar_recall_figure_has_a_step_per_capacity():
+    curves = {K: {"delta": {"a": [0.1, 0.2], "bound": [0.3, 0.4]}, "additive": {"a": [0.5, 0.6], "bound": [0.7, 0.8]}}
+              for K in (0, 4, 16)}
+    fig = sidecar_recall_figure([8, 16], curves, active=4)
+    assert len(fig.data) == 12 and len(fig.layout.sliders[0].steps) == 3 and fig.layout.sliders[0].active == 1
+    assert [t.visible for t in fig.data] == [False] * 4 + [True] * 4 + [False] * 4
+    curves[4]["delta"]["a"] = [0.1]
+    with pytest.raises(ValueError, match="has 1 values for 2 numbers of pairs"):
+        sidecar_recall_figure([8, 16], curves)

@@ -804,6 +804,63 @@ def _stream(args, argv: list) -> int:
     return 0
 
 
+# --- sweep ------------------------------------------------------------------------------------
+
+
+def _sweep_arguments(p) -> None:
+    p.add_argument("--preset", default="capstone", metavar="NAME",
+                   help="capstone (the book's table; hours on 2 cores) or reduced (seconds; what CI runs)")
+    p.add_argument("--models", metavar="A,B", help="only these models (comma-separated registry names)")
+    p.add_argument("--tasks", metavar="X,Y", help="only these tasks")
+    p.add_argument("--seeds", type=_int_at_least(0), nargs="+", metavar="N", help="only these seeds")
+    p.add_argument("--out", metavar="FILE.json", help="results file (default: the preset's)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming the rows already in --out")
+    p.add_argument("--progress", action="store_true", help="a progress bar per training run")
+
+
+def _sweep(args, argv: list) -> int:
+    """Run a sweep preset (optionally restricted), resuming a stopped one, and print its table."""
+    from .capstone import PRESETS, run_sweep
+    from .registry import model_names, task_names
+
+    if args.preset not in PRESETS:
+        raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
+    spec = PRESETS[args.preset]
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    for m in models or []:
+        if m not in model_names():
+            _build("model", m, {})              # raises the registry's did-you-mean error
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    for t in tasks or []:
+        if t not in task_names():
+            _build("task", t, {})
+        if t == "length_extrapolation":
+            raise CLIError("--tasks: length_extrapolation is not trained on its own; it evaluates the "
+                           "associative_lookup models at longer lengths")
+    out = Path(args.out or spec["out"])
+    try:
+        record = run_sweep(spec, out, resume=not args.fresh, progress=args.progress,
+                           command=" ".join(["memorylib", *argv]), models=models, tasks=tasks,
+                           seeds=sorted(set(args.seeds)) if args.seeds else None)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    table = record["table"]
+    columns = list(spec["tasks"]) + [f"length_extrapolation x{f}" for f in spec["length_extrapolation"]["factors"]
+                                     if "associative_lookup" in spec["tasks"]]
+    short = {c: c.replace("length_extrapolation ", "len ").replace("associative_lookup", "lookup")
+             .replace("changing_facts", "changing").replace("needle_recall", "needle") for c in columns}
+    print(f"{'model':18s}" + "".join(f"{short[c]:>16s}" for c in columns))
+    for model in spec["models"]:
+        cells = []
+        for c in columns:
+            t = table.get(model, {}).get(c)
+            cells.append(f"{t['mean']:.3f} ± {t['std']:.3f}".rjust(16) if t else "—".rjust(16))
+        print(f"{model:18s}" + "".join(cells))
+    print(f"\nheld-out accuracy, mean ± standard deviation over the seeds run so far (sweep: {spec['seeds']}); "
+          f"{len(record['rows'])} rows in {out} ({record['seconds'] / 60:.1f} min of training and evaluation)")
+    return 0
+
+
 # --- the verbs ----------------------------------------------------------------------------------
 
 VERBS = {
@@ -816,6 +873,8 @@ VERBS = {
              _demo_arguments, _demo),
     "stream": ("needle accuracy on long streams fed piece by piece with a state of constant size",
                _stream_arguments, _stream),
+    "sweep": ("every model on every task over several seeds into one results file (resumable)",
+              _sweep_arguments, _sweep),
 }
 """verb -> (one-line help, add_arguments(parser), handler(args, argv) -> exit code)."""
 

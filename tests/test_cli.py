@@ -342,3 +342,60 @@ def test_help_through_python_dash_m_and_the_console_script(capsys):
     tomllib = pytest.importorskip("tomllib")
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"memorylib": "memorylib.cli:main"}
+
+
+# --- sweep ----------------------------------------------------------------------------------------
+
+
+def test_reduced_sweep_writes_every_row_resumes_and_matches_the_library(tmp_path, capsys):
+    from memorylib.capstone import REDUCED, learning_rate
+
+    out = tmp_path / "sweep.json"
+    assert main(["sweep", "--preset", "reduced", "--out", str(out), "--models", "full_memory"]) == 0
+    first = json.loads(out.read_text())
+    assert [(r["model"], r["task"]) for r in first["rows"]] == [("full_memory", "associative_lookup"),
+                                                                 ("full_memory", "needle_recall")]
+    assert main(["sweep", "--preset", "reduced", "--out", str(out)]) == 0       # resumes: adds the other model
+    text = capsys.readouterr().out
+    assert "2 rows done, 2 to run" in text and "4 rows done, 0 to run" not in text
+    record = json.loads(out.read_text())
+    assert record["rows"][:2] == first["rows"] and len(record["rows"]) == 4
+    assert record["spec"]["models"] == REDUCED["models"] and record["command"].startswith("memorylib sweep")
+    assert {"memorylib", "torch", "fingerprint", "threads", "seconds"} <= set(record)
+    lookup = next(r for r in record["rows"] if r["task"] == "associative_lookup" and r["model"] == "local_transformer")
+    assert set(lookup["eval"]) == {"train", "default", "x1", "x2", "x4", "x8"}
+    assert lookup["eval"]["x8"]["max_distance"] > lookup["eval"]["x1"]["max_distance"]
+    table = record["table"]["local_transformer"]
+    assert set(table) == {"associative_lookup", "needle_recall", *(f"length_extrapolation x{f}" for f in (1, 2, 4, 8))}
+    assert table["needle_recall"]["n"] == 1 and "lookup" in text and "len x8" in text
+    # a row is experiments.run with the same arguments: a chapter can re-run it live and compare
+    spec = REDUCED["tasks"]["needle_recall"]
+    task = build_task(spec["train"][0], **spec["train"][1])
+    evals = {"train": task, "default": build_task(spec["eval"]["default"][0], **spec["eval"]["default"][1])}
+    again = run_experiment("full_memory", task, seed=0, steps=REDUCED["steps"], batch_size=REDUCED["batch_size"],
+                           lr=learning_rate(REDUCED, "full_memory"), warmup=REDUCED["warmup"],
+                           model_kwargs=REDUCED["model_kwargs"], eval_tasks=evals, num_examples=REDUCED["num_examples"])
+    row = next(r for r in record["rows"] if (r["model"], r["task"]) == ("full_memory", "needle_recall"))
+    assert again["eval"] == row["eval"] and again["history"] == row["history"]
+    assert main(["sweep", "--preset", "reduced", "--out", str(out)]) == 0
+    assert "4 rows done, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--preset", "huge"], "--preset must be one of capstone, reduced, got 'huge'"),
+    (["--preset", "reduced", "--models", "full_memroy"], "unknown model 'full_memroy' (did you mean 'full_memory'?)"),
+    (["--preset", "reduced", "--models", "slot_memory"], "models ['slot_memory'] are not in the reduced sweep"),
+    (["--preset", "reduced", "--tasks", "length_extrapolation"], "length_extrapolation is not trained on its own"),
+    (["--preset", "reduced", "--seeds", "5"], "seeds [5] are not in the reduced sweep"),
+])
+def test_bad_sweep_arguments(argv, match, tmp_path, capsys):
+    assert main(["sweep", *argv, "--out", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+
+
+def test_sweep_refuses_to_resume_a_file_with_another_spec(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    out.write_text(json.dumps({"spec": {"name": "something else"}, "rows": []}))
+    assert main(["sweep", "--preset", "reduced", "--out", str(out)]) == 2
+    assert "holds a sweep with another spec" in capsys.readouterr().err

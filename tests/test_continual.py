@@ -2,7 +2,6 @@
 and forgetting measured from the curve."""
 
 import pytest
-import torch
 
 from memorylib.continual import forgetting_curves
 from memorylib.registry import build_task

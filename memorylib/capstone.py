@@ -43,7 +43,7 @@ CAPSTONE = {
     "out": "book/results/ch08_capstone.json",
     "models": ["tiny_transformer", "local_transformer", "slot_memory", "no_forget", "fifo_memory",
                "surprise_memory", "no_surprise", "linear_memory", "delta_memory", "titans_memory",
-               "full_memory", "no_sidecar"],
+               "full_memory", "no_sidecar", "full_no_surprise", "full_no_erase"],
     # task -> training task and the evaluation tasks (held-out sequences; "train" is the training task)
     "tasks": {
         "associative_lookup": {"train": LOOKUP_SHORT, "eval": {"train": None, "default": ("associative_lookup", {})}},
@@ -55,7 +55,12 @@ CAPSTONE = {
     "length_extrapolation": {"from": "associative_lookup", "factors": [1, 2, 4, 8]},
     "seeds": [0, 1, 2],
     "steps": 300, "batch_size": 64, "warmup": 50, "lr": 1e-2, "lr_learned": SLOW_LR,
-    "num_examples": 512,
+    "num_examples": 256,
+    # the weights of the median seed (by held-out accuracy on "default") of these models on these
+    # tasks are kept beside the JSON, for chapter 8's live dashboard and its analysis of what was kept
+    "checkpoints": {"models": ["slot_memory", "surprise_memory", "full_memory", "no_sidecar", "full_no_surprise",
+                               "full_no_erase"],
+                    "tasks": ["changing_facts", "needle_recall"]},
 }
 
 REDUCED = {
@@ -67,6 +72,7 @@ REDUCED = {
     "tasks": {name: CAPSTONE["tasks"][name] for name in ("associative_lookup", "needle_recall")},
     "seeds": [0],
     "steps": 4, "batch_size": 8, "warmup": 2, "num_examples": 16,
+    "checkpoints": {"models": ["full_memory"], "tasks": ["needle_recall"]},
 }
 """A reduced sweep for CI: two small models, two tasks, one seed, a few steps. It checks that the
 sweep runs end to end and writes a well-formed file, not what the models learn."""
@@ -111,6 +117,30 @@ def summary_table(rows: list[dict], eval_name: str = "default") -> dict:
     return out
 
 
+def checkpoint_path(out: Path, model: str, task: str) -> Path:
+    """Where the median seed's weights of ``model`` on ``task`` are kept: beside the results file."""
+    return out.with_suffix("") / f"{model}__{task}.pt"
+
+
+def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> None:
+    """Once every seed of (model, task) has run, copy the median seed's weights (seeds' weights
+    wait in ``<out>.seeds/``, which is not part of the results) next to the results file."""
+    rows = [r for r in record["rows"] if r["model"] == model and r["task"] == task]
+    if len(rows) < len(spec["seeds"]):
+        return
+    rows.sort(key=lambda r: (r["eval"]["default"]["accuracy"], r["seed"]))
+    median = rows[(len(rows) - 1) // 2]
+    staged = out.with_suffix(".seeds") / f"{model}__{task}__s{median['seed']}.pt"
+    if not staged.exists():
+        return                                  # the seeds ran in a sitting that did not keep weights
+    final = checkpoint_path(out, model, task)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = torch.load(staged, weights_only=True)
+    torch.save(ckpt, final)
+    for r in rows:
+        r["checkpoint"] = str(final.name) if r is median else None
+
+
 def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, progress: bool = False,
               command: str | None = None, models=None, tasks=None, seeds=None, log=print) -> dict:
     """Run every (model, task, seed) row of ``spec`` not already in ``out`` and write the results
@@ -151,11 +181,21 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
                             **entry["train"][1])
             evals.update({f"x{f}": le.eval_task(f) for f in le.factors})
         start = time.perf_counter()
-        result = run(model, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"],
-                     lr=learning_rate(spec, model), warmup=spec["warmup"], model_kwargs=spec.get("model_kwargs"),
-                     eval_tasks=evals, num_examples=spec["num_examples"], progress=progress)
+        result, net = run(model, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"],
+                          lr=learning_rate(spec, model), warmup=spec["warmup"], model_kwargs=spec.get("model_kwargs"),
+                          eval_tasks=evals, num_examples=spec["num_examples"], progress=progress, return_model=True)
         result.update(task=task_name, train_task=train_task.config(), seconds=round(time.perf_counter() - start, 1))
         record["rows"].append(result)
+        keep = spec.get("checkpoints") or {}
+        if model in keep.get("models", []) and task_name in keep.get("tasks", []):
+            staged = out.with_suffix(".seeds") / f"{model}__{task_name}__s{seed}.pt"
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"format_version": 1, "model": model, "model_kwargs": dict(spec.get("model_kwargs") or {}),
+                        "task": entry["train"][0], "task_kwargs": dict(entry["train"][1]), "seed": seed,
+                        "state_dict": net.state_dict(), "memorylib_version": __version__,
+                        "train_config": {"sweep": spec["name"], "steps": spec["steps"], "batch_size": spec["batch_size"],
+                                         "lr": learning_rate(spec, model), "warmup": spec["warmup"]}}, staged)
+            _keep_median(out, record, model, task_name, spec)
         record["seconds"] = round(record["seconds"] + result["seconds"], 1)
         record["table"] = summary_table(record["rows"])
         tmp = out.with_suffix(".tmp")

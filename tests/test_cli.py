@@ -379,6 +379,11 @@ def test_reduced_sweep_writes_every_row_resumes_and_matches_the_library(tmp_path
     assert again["eval"] == row["eval"] and again["history"] == row["history"]
     assert main(["sweep", "--preset", "reduced", "--out", str(out)]) == 0
     assert "4 rows done, 0 to run" in capsys.readouterr().out
+    # the kept weights (median seed) are a checkpoint that eval reads
+    assert row["checkpoint"] == "full_memory__needle_recall.pt"
+    assert main(["eval", "--checkpoint", str(tmp_path / "sweep" / row["checkpoint"]), "--num-examples", "16",
+                 "--no-progress"]) == 0
+    assert "needle_recall" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -818,3 +818,62 @@ def sidecar_recall_figure(num_pairs: list, curves: dict, active=None,
                                 "currentvalue": {"prefix": "sidecar capacity K: "}, "pad": {"t": 60}}],
                       legend={"orientation": "h", "y": 1.16})
     return fig
+
+
+# --- putting it together (chapter 8) ------------------------------------------------------------
+
+
+def capstone_figure(table: dict, models: list, tasks: list, labels: dict | None = None,
+                    title: str = "Held-out accuracy, mean over seeds") -> go.Figure:
+    """A heatmap of models (rows) by tasks (columns); each cell shows the mean accuracy over seeds
+    and its standard deviation, and the hover lists every seed. table: ``{model: {task: {"mean",
+    "std", "values"}}}`` (:func:`memorylib.capstone.summary_table`); ``labels``: column titles.
+    Introduced in chapter 8."""
+    labels = labels or {}
+    z, text, hover = [], [], []
+    for m in models:
+        row_z, row_t, row_h = [], [], []
+        for t in tasks:
+            cell = table.get(m, {}).get(t)
+            row_z.append(None if cell is None else round(cell["mean"], 3))
+            row_t.append("" if cell is None else f"{cell['mean']:.2f}<br>± {cell['std']:.2f}")
+            row_h.append("not run" if cell is None else
+                         f"{m}, {labels.get(t, t)}<br>seeds: {', '.join(f'{v:.3f}' for v in cell['values'])}")
+        z.append(row_z)
+        text.append(row_t)
+        hover.append(row_h)
+    fig = go.Figure(go.Heatmap(z=z, x=[labels.get(t, t) for t in tasks], y=list(models), text=text,
+                               texttemplate="%{text}", customdata=hover, hovertemplate="%{customdata}<extra></extra>",
+                               zmin=0, zmax=1, colorscale="Blues", colorbar={"title": "accuracy"}))
+    fig.update_layout(template=TEMPLATE, title=title, height=120 + 34 * len(models),
+                      yaxis={"autorange": "reversed"}, xaxis={"side": "top"}, margin={"t": 110})
+    return fig
+
+
+def forgetting_figure(results: dict, title: str = "Tasks one after another: learning and forgetting") -> go.Figure:
+    """One panel per model: held-out accuracy on every task (one line each) against training
+    updates, with the phases (which task is being trained) shaded. results: ``{model:
+    forgetting_curves(...) result}``. Introduced in chapter 8."""
+    if not results:
+        raise ValueError("results must hold at least one model")
+    models = list(results)
+    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, shared_yaxes=True)
+    phases = results[models[0]]["phases"]
+    for c, m in enumerate(models):
+        r = results[m]
+        steps = r["step"]
+        per_phase = max(steps) / len(phases)
+        for p in range(len(phases)):
+            if p % 2:
+                fig.add_vrect(x0=p * per_phase, x1=(p + 1) * per_phase, fillcolor="#eee", line_width=0,
+                              layer="below", row=1, col=c + 1)
+        for i, task in enumerate(phases):
+            fig.add_trace(go.Scatter(x=steps, y=_r(r["accuracy"][task], 3), name=task, mode="lines",
+                                     line={"color": PALETTE[i % len(PALETTE)]}, legendgroup=task, showlegend=c == 0,
+                                     hovertemplate=f"{m}: {task}<br>after %{{x}} updates: %{{y:.3f}}<extra></extra>"),
+                          row=1, col=c + 1)
+        fig.update_xaxes(title="updates", row=1, col=c + 1)
+    fig.update_yaxes(range=[-0.02, 1.05])
+    fig.update_yaxes(title="held-out accuracy", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.25})
+    return fig

@@ -863,15 +863,14 @@ def forgetting_figure(results: dict, title: str = "Tasks one after another: lear
         r = results[m]
         steps = r["step"]
         per_phase = max(steps) / len(phases)
-        for p in range(len(phases)):
-            if p % 2:
-                fig.add_vrect(x0=p * per_phase, x1=(p + 1) * per_phase, fillcolor="#eee", line_width=0,
-                              layer="below", row=1, col=c + 1)
         for i, task in enumerate(phases):
             fig.add_trace(go.Scatter(x=steps, y=_r(r["accuracy"][task], 3), name=task, mode="lines",
                                      line={"color": PALETTE[i % len(PALETTE)]}, legendgroup=task, showlegend=c == 0,
                                      hovertemplate=f"{m}: {task}<br>after %{{x}} updates: %{{y:.3f}}<extra></extra>"),
                           row=1, col=c + 1)
+        for p in range(1, len(phases), 2):        # every other phase shaded (after the traces: plotly skips empty panels)
+            fig.add_vrect(x0=p * per_phase, x1=(p + 1) * per_phase, fillcolor="#eee", line_width=0,
+                          layer="below", row=1, col=c + 1)
         fig.update_xaxes(title="updates", row=1, col=c + 1)
     fig.update_yaxes(range=[-0.02, 1.05])
     fig.update_yaxes(title="held-out accuracy", row=1, col=1)

@@ -1,0 +1,42 @@
+"""Chapter 8's figures and the capstone summary table."""
+
+import pytest
+
+from memorylib.capstone import summary_table
+from memorylib.figures import capstone_figure, forgetting_figure
+
+
+def rows():
+    out = []
+    for seed, (a, b) in enumerate([(0.5, 0.9), (0.7, 0.8), (0.6, 1.0)]):
+        out.append({"model": "m", "task": "associative_lookup", "seed": seed,
+                    "eval": {"train": {"accuracy": 1.0}, "default": {"accuracy": a}, "x1": {"accuracy": b},
+                             "x8": {"accuracy": b / 2}}})
+    out.append({"model": "n", "task": "needle_recall", "seed": 0, "eval": {"default": {"accuracy": 0.25}}})
+    return out
+
+
+def test_summary_table_means_and_sample_spread_over_seeds():
+    t = summary_table(rows())
+    lookup = t["m"]["associative_lookup"]
+    assert (lookup["mean"], lookup["std"], lookup["n"], lookup["values"]) == (0.6, 0.1, 3, [0.5, 0.7, 0.6])
+    assert t["m"]["length_extrapolation x8"]["mean"] == 0.45 and "train" not in t["m"]
+    assert t["n"] == {"needle_recall": {"mean": 0.25, "std": 0.0, "min": 0.25, "max": 0.25, "n": 1, "values": [0.25]}}
+
+
+def test_capstone_figure_marks_missing_cells_and_lists_seeds():
+    fig = capstone_figure(summary_table(rows()), ["m", "n"], ["associative_lookup", "needle_recall"],
+                          labels={"associative_lookup": "lookup"})
+    heat = fig.data[0]
+    assert list(heat.x) == ["lookup", "needle_recall"] and heat.z[0][1] is None and heat.z[1][1] == 0.25
+    assert heat.text[0][0] == "0.60<br>± 0.10" and "0.500, 0.700, 0.600" in heat.customdata[0][0]
+    assert heat.customdata[0][1] == "not run"
+
+
+def test_forgetting_figure_one_panel_per_model():
+    curve = {"phases": ["a", "b"], "step": [0, 10, 20], "accuracy": {"a": [0.0, 1.0, 0.5], "b": [0.0, 0.1, 0.9]}}
+    fig = forgetting_figure({"x": curve, "y": curve})
+    assert len(fig.data) == 4 and [t.showlegend for t in fig.data] == [True, True, False, False]
+    assert len(fig.layout.shapes) == 2            # the second phase shaded in each panel
+    with pytest.raises(ValueError, match="at least one model"):
+        forgetting_figure({})

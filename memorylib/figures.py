@@ -876,3 +876,37 @@ def forgetting_figure(results: dict, title: str = "Tasks one after another: lear
     fig.update_yaxes(title="held-out accuracy", row=1, col=1)
     fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.25})
     return fig
+
+
+def dashboard_figure(results: dict, active=None, title: str = "The full model, one mechanism off at a time") -> go.Figure:
+    """Bars of held-out accuracy (with its interval) per task, one colour per model variant, and a
+    slider over the sidecar's capacity ``K``. Works in a static page with no kernel.
+    results: ``{label: {K: {task: evaluate(...) result}}}`` (:func:`memorylib.widgets.dashboard_results`).
+    Introduced in chapter 8."""
+    if not results:
+        raise ValueError("results must hold at least one variant")
+    labels = list(results)
+    capacities = list(results[labels[0]])
+    tasks = list(results[labels[0]][capacities[0]])
+    active_index = capacities.index(active) if active in capacities else 0
+    fig = go.Figure()
+    for j, K in enumerate(capacities):
+        for i, label in enumerate(labels):
+            rs = [results[label][K][t] for t in tasks]
+            acc = [round(r["accuracy"], 4) for r in rs]
+            fig.add_trace(go.Bar(x=tasks, y=acc, name=label, marker={"color": PALETTE[i % len(PALETTE)]},
+                                 visible=j == active_index, legendgroup=label,
+                                 error_y={"type": "data", "symmetric": False,
+                                          "array": [round(r["ci"][1] - a, 4) for r, a in zip(rs, acc)],
+                                          "arrayminus": [round(a - r["ci"][0], 4) for r, a in zip(rs, acc)]},
+                                 hovertemplate=f"{label}, K={K}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    steps = [{"method": "update", "label": str(K),
+              "args": [{"visible": [k // len(labels) == j for k in range(len(capacities) * len(labels))]}]}
+             for j, K in enumerate(capacities)]
+    layout = dict(template=TEMPLATE, title=title, height=420, barmode="group",
+                  yaxis={"title": "held-out accuracy", "range": [0, 1.05]}, legend={"orientation": "h", "y": 1.12})
+    if len(capacities) > 1:
+        layout["sliders"] = [{"active": active_index, "steps": steps, "currentvalue": {"prefix": "sidecar capacity K: "},
+                              "pad": {"t": 40}}]
+    fig.update_layout(**layout)
+    return fig

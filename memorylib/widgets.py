@@ -328,3 +328,86 @@ def sidecar_explorer(kinds=("delta", "additive"), capacities=(0, 4, 8, 16, 32, 6
 
     out = live_output(draw, {"K": size, "kind": memory})
     return w.VBox([w.HBox([size, memory]), out])
+
+
+# --- the full model (chapters 7-8) ---------------------------------------------------------------
+
+
+@contextmanager
+def sidecar_capacity(model, capacity: int):
+    """Temporarily run a full model with a sidecar of ``capacity`` entries (0: none); the weights
+    do not depend on it. A model trained without a sidecar (``no_sidecar``) is left as it is.
+    Introduced in chapter 8."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+        raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+    old = model.sidecar
+    if old > 0:
+        model.sidecar = capacity
+    try:
+        yield model
+    finally:
+        model.sidecar = old
+
+
+SWITCHES = ("erase", "surprise", "sidecar")
+
+
+def variant_switches(model) -> dict:
+    """``{"erase", "surprise", "sidecar"}`` -> bool for a :class:`~memorylib.models.FullMemoryModel`:
+    which of the three mechanisms it was built with."""
+    return {"erase": model.kind == "delta", "surprise": bool(model.surprise), "sidecar": model.sidecar > 0}
+
+
+def dashboard_results(models: dict, tasks: dict, capacities=(0, 4, 16, 64), num_examples: int = 128,
+                      seed: int = 0) -> dict:
+    """``{label: {K: {task: evaluate(...)}}}``: every trained full-model variant of ``models``
+    (``{label: model}``) on every task, with its sidecar run at every capacity ``K`` (a variant
+    without a sidecar is evaluated once and repeated). The pure function behind chapter 8's
+    dashboard. Introduced in chapter 8."""
+    out = {}
+    for label, model in models.items():
+        out[label], once = {}, None
+        for K in capacities:
+            if model.sidecar == 0 and once is not None:
+                out[label][K] = once
+                continue
+            with sidecar_capacity(model, K):
+                out[label][K] = {name: evaluate(model, task, num_examples=num_examples, seed=seed)
+                                 for name, task in tasks.items()}
+            once = out[label][K] if model.sidecar == 0 else None
+    return out
+
+
+def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), capacity: int = 16,
+                       num_examples: int = 128, seed: int = 0):
+    """Toggle erase, surprise and the sidecar, and slide the sidecar's capacity: each setting picks
+    the trained variant with those switches (``models``: ``{label: FullMemoryModel}``; a
+    combination that was not trained says so) and evaluates it live on every task of ``tasks``,
+    drawn by :func:`~memorylib.figures.dashboard_figure`. The static book shows the same figure over
+    precomputed settings. Returns an ``ipywidgets.VBox``. Introduced in chapter 8."""
+    from .figures import dashboard_figure
+
+    w = _ipywidgets()
+    if capacity not in capacities:
+        raise ValueError(f"capacity must be one of {tuple(capacities)}, got {capacity!r}")
+    by_switches = {tuple(variant_switches(m).values()): label for label, m in models.items()}
+    toggles = {name: w.ToggleButton(value=True, description=name) for name in SWITCHES}
+    size = w.SelectionSlider(options=[str(c) for c in capacities], value=str(capacity), description="sidecar K",
+                             continuous_update=False)
+    cache: dict = {}
+
+    def draw(erase: bool, surprise: bool, sidecar: bool, K: str):
+        label = by_switches.get((erase, surprise, sidecar))
+        if label is None:
+            trained = ", ".join(f"{lab} ({', '.join(n for n, on in variant_switches(models[lab]).items() if not on) or 'all on'} off)"
+                                for lab in models)
+            print(f"no model was trained with erase={erase}, surprise={surprise}, sidecar={sidecar}; "
+                  f"the sweep switches off one mechanism at a time: {trained}")
+            return
+        k = int(K) if sidecar else 0
+        if (label, k) not in cache:
+            cache[label, k] = dashboard_results({label: models[label]}, tasks, (k,), num_examples, seed)[label][k]
+        dashboard_figure({label: {k: cache[label, k]}}, title=f"{label}, sidecar K={k} (evaluated live)").show()
+
+    out = live_output(draw, {**toggles, "K": size})
+    return w.VBox([w.HBox([*toggles.values(), size]), out])

@@ -40,3 +40,28 @@ def test_forgetting_figure_one_panel_per_model():
     assert len(fig.layout.shapes) == 2            # the second phase shaded in each panel
     with pytest.raises(ValueError, match="at least one model"):
         forgetting_figure({})
+
+
+def test_dashboard_results_and_figure():
+    import torch
+
+    from memorylib.figures import dashboard_figure
+    from memorylib.registry import build_model, build_task
+    from memorylib.widgets import dashboard_results, sidecar_capacity, variant_switches
+
+    torch.manual_seed(0)
+    small = dict(d_model=16, num_heads=2, key_dim=8, value_dim=8, sidecar_dim=8)
+    models = {name: build_model(name, **small).eval() for name in ("full_memory", "no_sidecar", "full_no_erase")}
+    assert variant_switches(models["full_no_erase"]) == {"erase": False, "surprise": True, "sidecar": True}
+    tasks = {"needle": build_task("needle_recall", seq_len=96, filler="predictable")}
+    res = dashboard_results(models, tasks, capacities=(0, 4), num_examples=8)
+    assert set(res) == set(models) and set(res["full_memory"]) == {0, 4}
+    assert res["no_sidecar"][0] is res["no_sidecar"][4]                # evaluated once
+    with sidecar_capacity(models["full_memory"], 2):
+        assert models["full_memory"].sidecar == 2
+    assert models["full_memory"].sidecar == 16
+    fig = dashboard_figure(res, active=4)
+    assert len(fig.data) == 6 and [t.visible for t in fig.data] == [False] * 3 + [True] * 3
+    with pytest.raises(ValueError, match="capacity must be an int >= 0, got -1"):
+        with sidecar_capacity(models["full_memory"], -1):
+            pass

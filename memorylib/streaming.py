@@ -188,3 +188,37 @@ def depth_curve(result: dict) -> dict:
     d = result["by_depth"]
     return {depth: {"accuracy": a, "ci": [lo, hi]}
             for depth, a, lo, hi in zip(d["depth"], d["accuracy"], d["ci_low"], d["ci_high"])}
+
+
+@torch.no_grad()
+def sidecar_lifetimes(model, gen: NeedleStream, end: int | None = None, piece: int = 64) -> dict:
+    """Which tokens entered the sidecar of ``model`` on the streams of ``gen``, and for how long
+    they stayed, measured every ``piece`` tokens. Introduced in chapter 8.
+
+    Returns numpy arrays, one entry per token that was ever cached: ``stream``, ``position``,
+    ``token``, ``needle`` (bool: one of the needle cell's three tokens), ``lifetime`` (tokens from
+    when it became readable, ``position + 1``, to the first check that found it gone; or to
+    ``end`` if it was still there, then ``censored`` is True), and ``end``."""
+    if getattr(model, "sidecar", 0) < 1:
+        raise ValueError(f"{type(model).__name__} has no sidecar (sidecar={getattr(model, 'sidecar', None)!r})")
+    end = gen.answer_position if end is None else end
+    _check_int("end", end, 1, gen.seq_len)
+    state, first_seen, last_seen = None, {}, {}
+    for lo in range(0, end, piece):
+        hi = min(end, lo + piece)
+        _, state = model.stream(gen.piece(lo, hi), state, last_only=True)
+        for b, p in (state.sidecar.position >= 0).nonzero().tolist():
+            pos = int(state.sidecar.position[b, p])
+            first_seen.setdefault((b, pos), hi)
+            last_seen[(b, pos)] = hi
+    keys = sorted(first_seen)
+    stream = np.array([b for b, _ in keys], dtype=int)
+    position = np.array([p for _, p in keys], dtype=int)
+    censored = np.array([last_seen[k] == end for k in keys], dtype=bool)
+    # gone at the first check after the last one that saw it (the next piece's end), or still there at the end
+    gone = np.array([end if last_seen[k] == end else min(end, last_seen[k] + piece) for k in keys], dtype=int)
+    tokens = np.array([int(gen.piece(p, p + 1)[b, 0]) for b, p in keys], dtype=int)
+    cell = gen.needle_cell.squeeze(1).numpy()[stream] * CELL
+    needle = (gen.mode != "removed") & (position >= cell) & (position < cell + CELL)
+    return {"stream": stream, "position": position, "token": tokens, "needle": needle,
+            "lifetime": gone - (position + 1), "censored": censored, "end": end}

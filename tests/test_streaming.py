@@ -105,3 +105,21 @@ def test_a_trained_needle_model_would_be_caught_reading_the_future():
     assert torch.equal(tok[:, gen.answer_position + 1], gen.targets)       # the answer is the next token
     assert (tok[:, gen.answer_position - 1] == LAY.ASK).all()
     assert np.all(gen.answer_position + 1 <= gen.seq_len)
+
+
+def test_sidecar_lifetimes_track_entries_and_flag_the_needle():
+    from memorylib.streaming import sidecar_lifetimes
+
+    torch.manual_seed(0)
+    m = FullMemoryModel(d_model=16, num_heads=2, key_dim=8, value_dim=8, sidecar_dim=8, sidecar=4).eval()
+    gen = NeedleStream(900, 2, seed=1, depths=[0.2, 0.9])
+    r = sidecar_lifetimes(m, gen, piece=50)
+    assert r["end"] == gen.answer_position and (r["lifetime"] >= 0).all()
+    assert (r["position"] < r["end"]).all() and (r["censored"] == (r["position"] + 1 + r["lifetime"] == r["end"])).all()
+    for b in range(2):            # at most 4 entries still cached per stream at the end
+        assert r["censored"][r["stream"] == b].sum() <= 4
+    cell = gen.needle_cell.squeeze(1) * 3
+    flagged = [(s, p) for s, p, n in zip(r["stream"], r["position"], r["needle"]) if n]
+    assert all(cell[s] <= p < cell[s] + 3 for s, p in flagged)
+    with pytest.raises(ValueError, match="has no sidecar"):
+        sidecar_lifetimes(build_model("no_sidecar"), gen)

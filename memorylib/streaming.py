@@ -125,7 +125,9 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
 
     Depths are spread evenly: trial ``i`` hides its needle at depth ``(i % num_depths) / (num_depths - 1)``.
     Returns ``accuracy`` with a Wilson 95 % interval, ``chance``, ``by_depth`` (depth, n, accuracy,
-    interval), ``outcomes`` (one character per trial, "1" if correct), ``state_bytes`` (per stream,
+    interval), ``outcomes`` (one character per trial, "1" if correct), ``stored_value_rate`` (how
+    often the answer was the value the needle carries: the target itself in mode "needle" and
+    "other_key", another stream's value in "shuffled"; None when the needle is removed), ``state_bytes`` (per stream,
     after the last piece; the same for every length),
     ``seconds`` and ``tokens_per_second``.
     """
@@ -139,6 +141,7 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
     grid = np.linspace(0.0, 1.0, num_depths)
     depth_of = grid[np.arange(trials) % num_depths]
     correct, state_bytes = np.zeros(trials, dtype=bool), set()
+    stored = np.zeros(trials, dtype=bool)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -155,7 +158,9 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
             hi = min(end, lo + piece)
             logits, state = model.stream(gen.piece(lo, hi), state, last_only=True)
             bar.update(hi_t - lo_t)
-        correct[lo_t:hi_t] = (logits[:, -1].argmax(-1) == gen.targets).numpy()
+        predicted = logits[:, -1].argmax(-1)
+        correct[lo_t:hi_t] = (predicted == gen.targets).numpy()
+        stored[lo_t:hi_t] = (predicted == gen.stored_value.squeeze(1)).numpy()
         state_bytes.add(state.nbytes() // (hi_t - lo_t))
         total += (hi_t - lo_t) * end
     bar.close()
@@ -178,6 +183,7 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
     return {"seq_len": seq_len, "mode": mode, "filler": filler, "trials": n, "correct": k, "accuracy": r(k / n),
             "ci": [r(lo_ci), r(hi_ci)], "chance": r(1 / TokenLayout().num_values), "by_depth": by_depth,
             "outcomes": "".join("1" if c else "0" for c in correct),
+            "stored_value_rate": None if mode == "removed" else r(stored.mean()),
             "state_bytes": state_bytes.pop(), "piece": piece, "seconds": round(seconds, 1),
             "tokens_per_second": round(total / seconds)}
 

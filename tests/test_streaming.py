@@ -89,8 +89,6 @@ def test_evaluator_stops_at_the_query_and_reports_constant_state():
     assert r["trials"] == 6 and r["by_depth"]["depth"] == [0.0, 0.5, 1.0] and r["by_depth"]["n"] == [2, 2, 2]
     assert 0 <= r["ci"][0] <= r["accuracy"] <= r["ci"][1] <= 1
     assert r["stored_value_rate"] == r["accuracy"]          # mode "needle": the stored value is the target
-    shuffled = stream_needle(m, 600, 4, num_depths=2, batch_size=4, mode="shuffled", progress=False)
-    assert shuffled["accuracy"] == 0 or shuffled["stored_value_rate"] < 1
 
 
 def test_evaluator_rejects_models_that_cannot_stream():

@@ -309,6 +309,15 @@ register_model("topk_lru_memory")(_slot(memory_heads=4, top_k=2, write_policy="l
 # --- surprise (chapter 4) --------------------------------------------------------------------
 
 
+def prediction_loss(logits: torch.Tensor, tokens: torch.Tensor, weight: float):
+    """``weight`` times the next-token cross-entropy of a prediction head (``logits[:, t]``
+    predicts ``tokens[:, t + 1]``), or None when there is nothing to train: gradients off, weight
+    0 or a single token. The auxiliary loss of the surprise models (chapters 4 and 7)."""
+    if not torch.is_grad_enabled() or weight <= 0 or tokens.shape[1] < 2:
+        return None
+    return weight * F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
 class SurpriseMemoryModel(SlotMemoryModel):
     """The slot memory model with writes gated by surprise. Introduced in chapter 4.
 
@@ -354,11 +363,7 @@ class SurpriseMemoryModel(SlotMemoryModel):
 
     def write_scale(self, tokens, h, trace=None):
         sig = self.surprise_signals(tokens, h)
-        if torch.is_grad_enabled() and self.aux_weight > 0 and tokens.shape[1] > 1:
-            self._aux = self.aux_weight * F.cross_entropy(
-                sig["logits"][:, :-1].reshape(-1, self.vocab_size), tokens[:, 1:].reshape(-1))
-        else:
-            self._aux = None
+        self._aux = prediction_loss(sig["logits"], tokens, self.aux_weight)
         if trace is not None:
             trace.update(surprise=sig["surprise"], carried=sig["carried"], surprise_gate=sig["gate"])
         return sig["gate"] if self.surprise else None
@@ -599,11 +604,7 @@ class FullMemoryModel(LearnedMemoryModel):
     def forward(self, tokens: torch.Tensor, return_trace: bool = False):
         h = self.features(tokens)
         sig = self._signals(tokens, h)
-        if torch.is_grad_enabled() and self.aux_weight > 0 and tokens.shape[1] > 1:
-            self._aux = self.aux_weight * F.cross_entropy(
-                sig["logits"][:, :-1].reshape(-1, self.vocab_size), tokens[:, 1:].reshape(-1))
-        else:
-            self._aux = None
+        self._aux = prediction_loss(sig["logits"], tokens, self.aux_weight)
         y, x, reads, side, _, _ = self._run(tokens, h, sig)
         logits = self.head(self.norm(y))
         if return_trace:

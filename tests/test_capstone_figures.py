@@ -65,3 +65,54 @@ def test_dashboard_results_and_figure():
     with pytest.raises(ValueError, match="capacity must be an int >= 0, got -1"):
         with sidecar_capacity(models["full_memory"], -1):
             pass
+
+
+def test_ablation_dashboard_picks_the_trained_variant_and_says_when_there_is_none(monkeypatch, capsys):
+    pytest.importorskip("ipywidgets")
+    import plotly.graph_objects as go
+    import torch
+
+    import memorylib.figures as figures
+    from memorylib.registry import build_model, build_task
+    from memorylib.widgets import ablation_dashboard
+
+    drawn = []
+    monkeypatch.setattr(figures, "dashboard_figure", lambda results, title="": drawn.append((results, title)) or go.Figure())
+    torch.manual_seed(0)
+    small = dict(d_model=16, num_heads=2, key_dim=8, value_dim=8, sidecar_dim=8)
+    models = {name: build_model(name, **small).eval() for name in ("full_memory", "no_sidecar", "full_no_surprise")}
+    tasks = {"needle": build_task("needle_recall", seq_len=96, filler="predictable")}
+    box = ablation_dashboard(models, tasks, capacities=(0, 4), capacity=4, num_examples=4)
+    *toggles, size = box.children[0].children
+    erase, surprise, sidecar = toggles
+    assert drawn == []                                  # book mode: no first drawing
+    size.value = "0"
+    assert set(drawn[-1][0]) == {"full_memory"} and 0 in drawn[-1][0]["full_memory"]
+    sidecar.value = False
+    assert set(drawn[-1][0]) == {"no_sidecar"} and "K=0" in drawn[-1][1]
+    n = len(drawn)
+    surprise.value = False                              # sidecar and surprise both off: never trained
+    assert len(drawn) == n and "no model was trained with erase=True, surprise=False, sidecar=False" in capsys.readouterr().out
+    sidecar.value = True
+    assert set(drawn[-1][0]) == {"full_no_surprise"}
+    with pytest.raises(ValueError, match="capacity must be one of"):
+        ablation_dashboard(models, tasks, capacities=(0, 4), capacity=16)
+
+
+def test_sidecar_explorer_redraws_the_chosen_memory_and_capacity(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import plotly.graph_objects as go
+
+    import memorylib.figures as figures
+    from memorylib.widgets import sidecar_explorer
+
+    drawn = []
+    monkeypatch.setattr(figures, "sidecar_recall_figure", lambda n, curves, title="": drawn.append((n, curves)) or go.Figure())
+    box = sidecar_explorer(capacities=(0, 4), num_pairs=(8, 16), capacity=4, trials=2)
+    size, memory = box.children[0].children
+    memory.value = "additive"
+    n, curves = drawn[-1]
+    assert n == [8, 16] and list(curves) == [4] and list(curves[4]) == ["additive"]
+    assert curves[4]["additive"]["bound: memory + K/N"][0] == 1.0
+    size.value = "0"
+    assert curves is not drawn[-1][1] and list(drawn[-1][1]) == [0]

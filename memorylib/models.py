@@ -581,7 +581,10 @@ class FullMemoryModel(LearnedMemoryModel):
         scale = self.side_scale.exp() * self.sidecar_dim ** 0.5     # cancels SDPA's 1 / sqrt(dim)
         return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), v
 
-    def _run(self, tokens, h, sig, memory_state=None, sidecar_state=None, streaming=False):
+    def _run(self, h, sig, memory_state=None, sidecar_state=None, streaming=False):
+        """From features ``h`` and surprise signals to the pre-head activations: the gated memory
+        and the sidecar read and fused. Returns ``(y, memory inputs, memory reads, sidecar reads,
+        memory state, sidecar state)``; the states are carried only when ``streaming``."""
         x = self.memory_inputs(h)
         if self.surprise:
             x["lr"] = x["lr"] * sig["gate"][:, None, :]
@@ -605,7 +608,7 @@ class FullMemoryModel(LearnedMemoryModel):
         h = self.features(tokens)
         sig = self._signals(tokens, h)
         self._aux = prediction_loss(sig["logits"], tokens, self.aux_weight)
-        y, x, reads, side, _, _ = self._run(tokens, h, sig)
+        y, x, reads, side, _, _ = self._run(h, sig)
         logits = self.head(self.norm(y))
         if return_trace:
             return logits, {"surprise": sig["surprise"], "surprise_gate": sig["gate"], "lr": x["lr"],
@@ -637,7 +640,7 @@ class FullMemoryModel(LearnedMemoryModel):
         if memory is None and self.kind == "mlp":
             memory = MLPMemoryState.initial(self.w1, self.w2, B)
         sidecar = state.sidecar if state is not None else None
-        y, _, _, _, memory, sidecar = self._run(tokens, h, sig, memory, sidecar, streaming=True)
+        y, _, _, _, memory, sidecar = self._run(h, sig, memory, sidecar, streaming=True)
         if last_only:
             y = y[:, -1:]
         logits = self.head(self.norm(y))

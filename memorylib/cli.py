@@ -1,4 +1,4 @@
-"""The command line: ``memorylib train | eval | plot | demo`` (the README's "Command line").
+"""The command line: ``memorylib train | eval | plot | demo | stream | sweep`` (the README's "Command line").
 
 Every verb is a thin layer over the library: models and tasks are chosen by their registry names
 (:mod:`memorylib.registry`), trained and evaluated on held-out data by :mod:`memorylib.training`,

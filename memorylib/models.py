@@ -22,7 +22,7 @@ from torch import nn
 
 from .delta_rule import delta_rule, delta_rule_reference
 from .registry import register_model
-from .sidecar import SidecarState, sidecar_attention
+from .sidecar import SidecarState, sidecar_attention, sidecar_weights
 from .slot_memory import SlotMemory, address
 from .surprise import SURPRISE_KINDS, momentum_surprise, surprise_gate, token_surprise
 from .tasks import TokenLayout
@@ -548,7 +548,10 @@ class FullMemoryModel(LearnedMemoryModel):
     :meth:`stream` runs a stream piece by piece with a state of constant size
     (:class:`FullStreamState`); the logits equal those of one call (tested).
     ``return_trace=True`` adds ``surprise`` (nats), ``surprise_gate`` (B, T), the memory's ``lr``
-    and ``retain`` (B, H, T) and ``sidecar_reads`` (B, T, sidecar_dim).
+    and ``retain`` (B, H, T), its ``reads``, and, for the sidecar (None without one),
+    ``sidecar_read`` (B, T): the attention weight a position put on cached tokens rather than on
+    the empty slot, and ``sidecar_from`` (B, T): the position of the token it read most (-1 when
+    the empty slot weighed more). :func:`memorylib.sidecar.sidecar_weights` gives all the weights.
     """
 
     def __init__(self, *, sidecar: int = 16, surprise: bool = True, threshold: float = 0.5,
@@ -611,8 +614,15 @@ class FullMemoryModel(LearnedMemoryModel):
         y, x, reads, side, _, _ = self._run(h, sig)
         logits = self.head(self.norm(y))
         if return_trace:
+            read = source = None
+            if self.sidecar > 0:
+                with torch.no_grad():
+                    weights, empty = sidecar_weights(*self._side_inputs(h), sig["surprise"], self.sidecar)
+                read = 1 - empty                                      # how much came from cached tokens
+                top = weights.max(-1)
+                source = torch.where(top.values > empty, top.indices, -1).to(h.dtype)
             return logits, {"surprise": sig["surprise"], "surprise_gate": sig["gate"], "lr": x["lr"],
-                            "retain": x["retain"], "reads": reads, "sidecar_reads": side}
+                            "retain": x["retain"], "reads": reads, "sidecar_read": read, "sidecar_from": source}
         return logits
 
     def auxiliary_loss(self) -> torch.Tensor:

@@ -61,10 +61,9 @@ def beats(surprise: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     return (si > sj) | ((si == sj) & (pi < pj))
 
 
-def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | None = None,
-                      return_state: bool = False):
-    """Exact attention over the ``capacity`` most surprising earlier tokens (module docstring).
-    Returns ``out``, or ``(out, state)`` with ``return_state=True`` or when a state is given."""
+def _prepare(q, k, v, surprise, capacity, state):
+    """Validate the inputs; build the candidates (the cache, then the new tokens, behind an always
+    visible empty slot) and the mask of which candidate each query may read."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             raise ValueError(f"{name} must be a tensor of shape (batch, seq_len, dim), got "
@@ -77,7 +76,6 @@ def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | No
     _check_int("capacity", capacity, 1)
     if state is not None and state.keys.shape[:2] != (B, capacity):
         raise ValueError(f"state holds {tuple(state.keys.shape[:2])} (batch, capacity), expected ({B}, {capacity})")
-    keep_state = return_state or state is not None
     if state is None:
         state = SidecarState(k.new_zeros(B, capacity, Dk), v.new_zeros(B, capacity, v.shape[-1]),
                              surprise.new_full((B, capacity), float("-inf")),
@@ -101,9 +99,19 @@ def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | No
     keys = torch.cat([keys.new_zeros(B, 1, Dk), keys], 1)
     values = torch.cat([values.new_zeros(B, 1, values.shape[-1]), values], 1)
     mask = torch.cat([torch.ones(B, T, 1, dtype=torch.bool, device=k.device), allowed], 2)
+    return state, keys, values, s_all, p_all, filled, b, mask
+
+
+def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | None = None,
+                      return_state: bool = False):
+    """Exact attention over the ``capacity`` most surprising earlier tokens (module docstring).
+    Returns ``out``, or ``(out, state)`` with ``return_state=True`` or when a state is given."""
+    keep_state = return_state or state is not None
+    state, keys, values, s_all, p_all, filled, b, mask = _prepare(q, k, v, surprise, capacity, state)
     out = F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None], attn_mask=mask[:, None])[:, 0]
     if not keep_state:
         return out
+    K, T = capacity, k.shape[1]
     # the cache after the last token: the top-K of every candidate
     total = b.sum(1)                                                      # how many candidates beat j
     top = (total < K) & filled
@@ -114,3 +122,15 @@ def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | No
                        torch.where(kept, take(s_all), s_all.new_full((), float("-inf"))),
                        torch.where(kept, take(p_all), torch.full_like(take(p_all), -1)), state.seen + T)
     return out, new
+
+
+def sidecar_weights(q, k, v, surprise, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each position of one whole sequence read from the sidecar: ``(weights, empty)`` where
+    ``weights: (B, T, T)`` is the attention weight of query ``t`` on earlier token ``j`` (zero for
+    tokens not in its cache) and ``empty: (B, T)`` the weight left on the empty slot. Explicit
+    softmax, for inspection (the traces of chapter 7's model); :func:`sidecar_attention` computes
+    the same reads without forming the weights."""
+    _, keys, _, _, _, _, _, mask = _prepare(q, k, v, surprise, capacity, None)
+    scores = (q @ keys.transpose(1, 2)) / q.shape[-1] ** 0.5
+    w = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)      # (B, T, 1 + K + T); the cache is empty
+    return w[:, :, 1 + capacity:], w[:, :, 0]

@@ -70,6 +70,9 @@ def test_surprise_gate_scales_the_memory_learning_rate():
         m.surprise = False
         _, plain = m(x, return_trace=True)
     gate = gated["surprise_gate"]
+    read, source = gated["sidecar_read"], gated["sidecar_from"]
+    assert read.shape == source.shape == (2, 30) and (read[:, 0] == 0).all() and (read <= 1).all()
+    assert (source < torch.arange(30)).all() and (source[:, 0] == -1).all()     # only earlier tokens
     assert torch.allclose(gated["lr"], plain["lr"] * gate[:, None, :])
     assert gate.min() > 0 and gate.max() < 1 and gated["surprise"].shape == (2, 30)
     assert not torch.allclose(gated["lr"], plain["lr"])       # the gate did something
@@ -84,7 +87,7 @@ def test_sidecar_switch_and_capacity():
         _, trace = m(x, return_trace=True)
         m.side_qkv.weight.add_(1.0)            # unused when the sidecar is off
         assert torch.equal(m(x), without)
-    assert trace["sidecar_reads"] is None
+    assert trace["sidecar_read"] is None and trace["sidecar_from"] is None
     assert not torch.allclose(with_side, without)
 
 

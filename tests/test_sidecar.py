@@ -131,3 +131,14 @@ def test_sidecar_recall_figure_has_a_step_per_capacity():
     curves[4]["delta"]["a"] = [0.1]
     with pytest.raises(ValueError, match="has 1 values for 2 numbers of pairs"):
         sidecar_recall_figure([8, 16], curves)
+
+
+def test_explicit_weights_give_the_same_reads():
+    from memorylib.sidecar import sidecar_weights
+
+    q, k, v, s = inputs(3)
+    w, empty = sidecar_weights(q, k, v, s, K)
+    assert torch.allclose(w.sum(-1) + empty, torch.ones(B, T, dtype=DT))
+    assert (w.triu() == 0).all()                                   # only earlier tokens
+    assert ((w > 0).sum(-1) <= K).all() and (empty[:, 0] == 1).all()
+    assert (w @ v - sidecar_attention(q, k, v, s, K)).abs().max() < 1e-12

@@ -60,3 +60,31 @@ def fisher_exact(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
     observed = prob(hits_a)
     ks = range(max(0, total_hits - n_b), min(n_a, total_hits) + 1)
     return min(1.0, sum(p for p in map(prob, ks) if p <= observed * (1 + 1e-9)))
+
+
+def kaplan_meier(durations, censored, times) -> list[float]:
+    """Kaplan–Meier estimate of the fraction still alive after each of ``times``: ``durations``
+    (how long each item lived, or was watched) and ``censored`` (True: still alive when watching
+    stopped, so it only leaves the count at risk). Used for how long tokens stay in the sidecar
+    (chapter 8)."""
+    d = np.asarray(durations, dtype=float)
+    c = np.asarray(censored, dtype=bool)
+    if d.shape != c.shape or d.ndim != 1:
+        raise ValueError(f"durations and censored must be 1-d of one length, got {d.shape} and {c.shape}")
+    events = np.unique(d[~c])
+    surv, curve = 1.0, []
+    steps = []
+    for t in events:
+        at_risk = int((d >= t).sum())
+        died = int(((d == t) & ~c).sum())
+        surv *= 1 - died / at_risk
+        steps.append((t, surv))
+    for t in times:
+        s = 1.0
+        for event, value in steps:
+            if event <= t:
+                s = value
+            else:
+                break
+        curve.append(round(s, 4))
+    return curve

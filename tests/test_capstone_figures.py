@@ -116,3 +116,14 @@ def test_sidecar_explorer_redraws_the_chosen_memory_and_capacity(monkeypatch):
     assert curves[4]["additive"]["bound: memory + K/N"][0] == 1.0
     size.value = "0"
     assert curves is not drawn[-1][1] and list(drawn[-1][1]) == [0]
+
+
+def test_kaplan_meier_matches_a_hand_count():
+    from memorylib.stats import kaplan_meier
+
+    # five items: deaths at 2 and 5, one censored at 3, two still alive (censored) at 10
+    durations, censored = [2, 3, 5, 10, 10], [False, True, False, True, True]
+    assert kaplan_meier(durations, censored, [0, 2, 4, 5, 10]) == [1.0, 0.8, 0.8, round(0.8 * 2 / 3, 4), round(0.8 * 2 / 3, 4)]
+    assert kaplan_meier([1, 1], [True, True], [5]) == [1.0]          # nothing died
+    with pytest.raises(ValueError, match="1-d of one length"):
+        kaplan_meier([1, 2], [True], [1])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -135,8 +136,7 @@ def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> 
         return                                  # the seeds ran in a sitting that did not keep weights
     final = checkpoint_path(out, model, task)
     final.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = torch.load(staged, weights_only=True)
-    torch.save(ckpt, final)
+    shutil.copyfile(staged, final)
     for r in rows:
         r["checkpoint"] = str(final.name) if r is median else None
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .delta_rule import delta_rule
+from .sidecar import sidecar_attention
 from .stats import wilson_interval
 from .tasks import _check_int
 from .ttt import MLPMemoryState, mlp_apply, mlp_memory, mlp_memory_reference
@@ -135,8 +136,6 @@ def store_and_recall_with_sidecar(kind: str, num_pairs: int, capacity: int, dim:
     attention read when a cached key matches it (cosine >= ``match``), else the memory's read.
     Returns :func:`store_and_recall`'s dict plus ``from_sidecar`` (fraction of queries the sidecar
     answered) and ``memory_only`` (accuracy of the memory alone on the same pairs)."""
-    from .sidecar import sidecar_attention
-
     _check_int("num_pairs", num_pairs, 1)
     _check_int("capacity", capacity, 0)
     if rank not in SIDECAR_RANKS:

@@ -145,7 +145,7 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    total = trials * 0
+    total = 0
     batches = list(range(0, trials, batch_size))
     bar = tqdm(total=trials * math.ceil((seq_len // CELL * CELL - 1) / piece), disable=not progress,
                desc=f"{seq_len} tokens, {mode}", mininterval=1.0)

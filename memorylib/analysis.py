@@ -215,3 +215,73 @@ def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: in
                 part[key].append(value if key == "n" else _r(value))
         out[status] = part
     return out
+
+
+# --- what a model writes, by the role of the token (chapter 8) --------------------------------
+
+ROLES = ("fact: SET", "fact: key", "fact: value", "question: ASK", "question: key", "question: answer", "filler")
+"""The roles of :func:`token_roles`, in index order."""
+
+
+def token_roles(tokens: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+    """The role of every token, as an index into :data:`ROLES`: the three tokens of a fact cell
+    ``SET k v``, the three of a question cell ``ASK k v`` (the last is the answer, fed in after
+    the model has predicted it), or ``filler``; -1 for anything else (padding, a stray token).
+    tokens: (B, T) int64 -> (B, T) int64. Introduced in chapter 8."""
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must have shape (batch, seq_len), got {tuple(tokens.shape)}")
+    layout = layout or TokenLayout()
+    B, T = tokens.shape
+    roles = torch.full((B, T), -1, dtype=torch.long)
+    roles[layout.is_filler(tokens)] = ROLES.index("filler")
+    cells = T // CELL
+    head = tokens[:, : cells * CELL].reshape(B, cells, CELL)[:, :, 0]            # (B, cells) first token
+    for first, offset in ((layout.SET, 0), (layout.ASK, 3)):
+        b, c = (head == first).nonzero(as_tuple=True)
+        for i in range(CELL):
+            roles[b, CELL * c + i] = offset + i
+    return roles
+
+
+def write_strength(model, tokens: torch.Tensor) -> torch.Tensor:
+    """How strongly ``model`` writes each token into its memory, (B, T): the write gate of a slot
+    memory (chapters 2-4, surprise included), or the learning rate of a learned memory (chapter 5;
+    for the full model, after its surprise gate), averaged over memory heads. Introduced in chapter 8."""
+    with torch.no_grad():
+        _, trace = model(tokens, return_trace=True)
+    if "write_gate" in trace:
+        return trace["write_gate"].float()
+    if "lr" in trace:
+        return trace["lr"].float().mean(1)
+    raise ValueError(f"{type(model).__name__}'s trace has no write gate or learning rate; keys: {sorted(trace)}")
+
+
+@torch.no_grad()
+def write_by_role(model, task, num_examples: int = 256, seed: int = 0, batch_size: int = 64) -> dict:
+    """Mean write strength (:func:`write_strength`) per token role (:data:`ROLES`) on held-out
+    sequences of ``task`` (drawn from ``derive_seed(seed, "eval")``, like
+    :func:`memorylib.training.evaluate`). Returns ``{role: {"mean", "n"}}`` for the roles that occur.
+    Introduced in chapter 8."""
+    _check_int("num_examples", num_examples, 1)
+    _check_int("batch_size", batch_size, 1)
+    layout = getattr(task, "layout", None) or TokenLayout()
+    sums = torch.zeros(len(ROLES), dtype=torch.float64)
+    counts = torch.zeros(len(ROLES), dtype=torch.long)
+    gen = make_generator(derive_seed(seed, "eval"))
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()
+    try:
+        done = 0
+        while done < num_examples:
+            n = min(batch_size, num_examples - done)
+            tokens = task.sample(n, gen).tokens
+            roles, write = token_roles(tokens, layout), write_strength(model, tokens)
+            keep = roles >= 0
+            sums += torch.bincount(roles[keep], weights=write[keep].double(), minlength=len(ROLES))
+            counts += torch.bincount(roles[keep], minlength=len(ROLES))
+            done += n
+    finally:
+        if was_training is not None:
+            model.train(was_training)
+    return {role: {"mean": _r(sums[i] / counts[i]), "n": int(counts[i])} for i, role in enumerate(ROLES) if counts[i] > 0}

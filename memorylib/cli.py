@@ -32,8 +32,9 @@ EVAL_BATCH = 32         # evaluate()'s batch size: demo draws its sequence the s
 SHORT_SEQUENCE = 48     # demo prints sequences up to this length in full
 
 
-class CLIError(Exception):
-    """Bad input: reported as one line on stderr with exit code 2."""
+class CLIError(ValueError):
+    """Bad input: reported as one line on stderr with exit code 2 (a ``ValueError``, so library
+    callers such as :func:`memorylib.checkpoint.load_model` can catch it as one)."""
 
     def __init__(self, message: str, prog: str | None = None):
         super().__init__(message)

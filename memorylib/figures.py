@@ -910,3 +910,45 @@ def dashboard_figure(results: dict, active=None, title: str = "The full model, o
                               "pad": {"t": 40}}]
     fig.update_layout(**layout)
     return fig
+
+
+def write_by_role_figure(results: dict, title: str = "How strongly each kind of token is written") -> go.Figure:
+    """Grouped bars: mean write strength per token role, one colour per model. results:
+    ``{model: write_by_role(...) result}``; roles in the order of :data:`memorylib.analysis.ROLES`,
+    a role a model never saw is left out of its bars. Introduced in chapter 8."""
+    from .analysis import ROLES
+
+    if not results:
+        raise ValueError("results must hold at least one model")
+    roles = [r for r in ROLES if any(r in res for res in results.values())]
+    fig = go.Figure()
+    for i, (name, res) in enumerate(results.items()):
+        shown = [r for r in roles if r in res]
+        fig.add_trace(go.Bar(x=shown, y=[round(res[r]["mean"], 4) for r in shown], name=name,
+                             marker={"color": PALETTE[i % len(PALETTE)]},
+                             customdata=[res[r]["n"] for r in shown],
+                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}} (%{{customdata}} tokens)<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title=title, height=400, barmode="group",
+                      yaxis={"title": "mean write strength", "rangemode": "tozero"},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def lifetime_figure(curves: dict, x_title: str = "tokens since it was cached",
+                    title: str = "How long a token stays in the sidecar") -> go.Figure:
+    """Kaplan-Meier survival curves as steps: the fraction of items still kept against time.
+    curves: ``{name: {"time": [...], "alive": [...], "n": int}}`` (``alive`` from
+    :func:`memorylib.stats.kaplan_meier` at each ``time``). Introduced in chapter 8."""
+    if not curves:
+        raise ValueError("curves must hold at least one curve")
+    fig = go.Figure()
+    for i, (name, c) in enumerate(curves.items()):
+        if len(c["time"]) != len(c["alive"]):
+            raise ValueError(f"{name}: time and alive must have the same length, got {len(c['time'])} and {len(c['alive'])}")
+        fig.add_trace(go.Scatter(x=list(c["time"]), y=_r(c["alive"], 4), name=f"{name} (n={c['n']})", mode="lines",
+                                 line={"color": PALETTE[i % len(PALETTE)], "shape": "hv"},
+                                 hovertemplate=f"{name}<br>after %{{x}} tokens: %{{y:.3f}} still kept<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title=title, height=380, xaxis={"title": x_title},
+                      yaxis={"title": "fraction still kept", "range": [-0.02, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig

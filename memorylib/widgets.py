@@ -358,31 +358,50 @@ def variant_switches(model) -> dict:
     return {"erase": model.kind == "delta", "surprise": bool(model.surprise), "sidecar": model.sidecar > 0}
 
 
+def _per_task(label: str, entry, tasks: dict) -> dict:
+    """``{task name: model}`` from one model (used for every task) or a ``{task name: model}`` dict."""
+    if isinstance(entry, dict):
+        missing = [t for t in tasks if t not in entry]
+        if missing:
+            raise ValueError(f"models[{label!r}] has no model for tasks {missing}; it has {list(entry)}")
+        return {t: entry[t] for t in tasks}
+    return {t: entry for t in tasks}
+
+
+def _any_model(entry):
+    return next(iter(entry.values())) if isinstance(entry, dict) else entry
+
+
 def dashboard_results(models: dict, tasks: dict, capacities=(0, 4, 16, 64), num_examples: int = 128,
                       seed: int = 0) -> dict:
-    """``{label: {K: {task: evaluate(...)}}}``: every trained full-model variant of ``models``
-    (``{label: model}``) on every task, with its sidecar run at every capacity ``K`` (a variant
-    without a sidecar is evaluated once and repeated). The pure function behind chapter 8's
-    dashboard. Introduced in chapter 8."""
+    """``{label: {K: {task: evaluate(...)}}}``: every trained full-model variant of ``models`` on
+    every task of ``tasks`` (``{name: task}``), with its sidecar run at every capacity ``K`` (a
+    variant without a sidecar is evaluated once and repeated). ``models``: ``{label: model}``, or
+    ``{label: {task name: model}}`` when each task has its own trained weights. The pure function
+    behind chapter 8's dashboard. Introduced in chapter 8."""
     out = {}
-    for label, model in models.items():
+    for label, entry in models.items():
+        by_task = _per_task(label, entry, tasks)
+        fixed = all(m.sidecar == 0 for m in by_task.values())      # no sidecar: K changes nothing
         out[label], once = {}, None
         for K in capacities:
-            if model.sidecar == 0 and once is not None:
+            if fixed and once is not None:
                 out[label][K] = once
                 continue
-            with sidecar_capacity(model, K):
-                out[label][K] = {name: evaluate(model, task, num_examples=num_examples, seed=seed)
-                                 for name, task in tasks.items()}
-            once = out[label][K] if model.sidecar == 0 else None
+            res = {}
+            for name, task in tasks.items():
+                with sidecar_capacity(by_task[name], K):
+                    res[name] = evaluate(by_task[name], task, num_examples=num_examples, seed=seed)
+            out[label][K] = res
+            once = res if fixed else None
     return out
 
 
 def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), capacity: int = 16,
                        num_examples: int = 128, seed: int = 0):
     """Toggle erase, surprise and the sidecar, and slide the sidecar's capacity: each setting picks
-    the trained variant with those switches (``models``: ``{label: FullMemoryModel}``; a
-    combination that was not trained says so) and evaluates it live on every task of ``tasks``,
+    the trained variant with those switches (``models``: ``{label: FullMemoryModel}`` or
+    ``{label: {task name: FullMemoryModel}}``; a combination that was not trained says so) and evaluates it live on every task of ``tasks``,
     drawn by :func:`~memorylib.figures.dashboard_figure`. The static book shows the same figure over
     precomputed settings. Returns an ``ipywidgets.VBox``. Introduced in chapter 8."""
     from .figures import dashboard_figure
@@ -390,7 +409,9 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
     w = _ipywidgets()
     if capacity not in capacities:
         raise ValueError(f"capacity must be one of {tuple(capacities)}, got {capacity!r}")
-    by_switches = {tuple(variant_switches(m).values()): label for label, m in models.items()}
+    for label, entry in models.items():
+        _per_task(label, entry, tasks)                  # every task has a model
+    by_switches = {tuple(variant_switches(_any_model(m)).values()): label for label, m in models.items()}
     toggles = {name: w.ToggleButton(value=True, description=name) for name in SWITCHES}
     size = w.SelectionSlider(options=[str(c) for c in capacities], value=str(capacity), description="sidecar K",
                              continuous_update=False)
@@ -399,7 +420,7 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
     def draw(erase: bool, surprise: bool, sidecar: bool, K: str):
         label = by_switches.get((erase, surprise, sidecar))
         if label is None:
-            trained = ", ".join(f"{lab} ({', '.join(n for n, on in variant_switches(models[lab]).items() if not on) or 'all on'} off)"
+            trained = ", ".join(f"{lab} ({', '.join(n for n, on in variant_switches(_any_model(models[lab])).items() if not on) or 'all on'} off)"
                                 for lab in models)
             print(f"no model was trained with erase={erase}, surprise={surprise}, sidecar={sidecar}; "
                   f"the sweep switches off one mechanism at a time: {trained}")

@@ -127,3 +127,105 @@ def test_kaplan_meier_matches_a_hand_count():
     assert kaplan_meier([1, 1], [True, True], [5]) == [1.0]          # nothing died
     with pytest.raises(ValueError, match="1-d of one length"):
         kaplan_meier([1, 2], [True], [1])
+
+
+def test_dashboard_results_takes_a_model_per_task():
+    import torch
+
+    from memorylib.registry import build_model, build_task
+    from memorylib.widgets import dashboard_results
+
+    torch.manual_seed(0)
+    small = dict(d_model=16, num_heads=2, key_dim=8, value_dim=8, sidecar_dim=8)
+    a, b = build_model("full_memory", **small).eval(), build_model("full_memory", **small).eval()
+    tasks = {"needle": build_task("needle_recall", seq_len=96, filler="predictable"),
+             "lookup": build_task("associative_lookup", seq_len=48, num_pairs=4, num_queries=4, min_distance=18)}
+    per_task = dashboard_results({"full": {"needle": a, "lookup": b}}, tasks, capacities=(4,), num_examples=8)
+    alone = {name: dashboard_results({"full": m}, {name: tasks[name]}, capacities=(4,), num_examples=8)["full"][4][name]
+             for name, m in (("needle", a), ("lookup", b))}
+    assert per_task["full"][4] == alone                          # each task evaluated with its own model
+    with pytest.raises(ValueError, match=r"models\['full'\] has no model for tasks \['lookup'\]"):
+        dashboard_results({"full": {"needle": a}}, tasks, capacities=(4,), num_examples=8)
+
+
+def test_load_model_reads_a_sweep_checkpoint_and_names_a_bad_file(tmp_path):
+    import torch
+
+    from memorylib.checkpoint import load_model
+    from memorylib.registry import build_model
+
+    torch.manual_seed(0)
+    net = build_model("full_memory", d_model=16, num_heads=2)
+    path = tmp_path / "m.pt"
+    torch.save({"format_version": 1, "model": "full_memory", "model_kwargs": {"d_model": 16, "num_heads": 2},
+                "task": "needle_recall", "task_kwargs": {}, "seed": 0, "state_dict": net.state_dict()}, path)
+    model, ckpt = load_model(path)
+    assert not model.training and ckpt["task"] == "needle_recall"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert load_model(path, sidecar=4)[0].sidecar == 4
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a memorylib checkpoint"):
+        load_model(tmp_path / "junk.pt")
+
+
+def test_token_roles_label_every_cell_by_hand():
+    import torch
+
+    from memorylib.analysis import ROLES, token_roles
+    from memorylib.tasks import TokenLayout
+
+    lay = TokenLayout()
+    k, v, f = lay.key_start + 5, lay.value_start + 7, lay.filler_start + 1
+    tokens = torch.tensor([[lay.SET, k, v, f, f, f, lay.ASK, k, v, lay.PAD, f]])
+    names = [ROLES[i] if i >= 0 else None for i in token_roles(tokens, lay)[0].tolist()]
+    assert names == ["fact: SET", "fact: key", "fact: value", "filler", "filler", "filler",
+                     "question: ASK", "question: key", "question: answer", None, "filler"]
+    with pytest.raises(ValueError, match=r"shape \(batch, seq_len\)"):
+        token_roles(tokens[0], lay)
+
+
+def test_write_by_role_averages_the_write_gate_of_each_role():
+    import torch
+
+    from memorylib.analysis import token_roles, write_by_role
+    from memorylib.registry import build_model, build_task
+    from memorylib.tasks import derive_seed, make_generator
+
+    class Recorder(torch.nn.Module):      # writes each token with strength = its position / 100
+        def forward(self, tokens, return_trace=False):
+            gate = torch.arange(tokens.shape[1], dtype=torch.float32).expand(tokens.shape) / 100
+            return None, {"write_gate": gate}
+
+    task = build_task("changing_facts", seq_len=84, num_active_keys=3, updates_per_phase=6, queries_per_phase=2,
+                      num_phases=2, min_distance=18)
+    out = write_by_role(Recorder(), task, num_examples=8, batch_size=8)
+    tokens = task.sample(8, make_generator(derive_seed(0, "eval"))).tokens   # the sequences write_by_role saw
+    roles = token_roles(tokens)
+    pos = torch.arange(84).expand(8, 84) / 100
+    for i, name in enumerate(["fact: SET", "fact: key", "fact: value", "question: ASK"]):
+        assert out[name]["n"] == int((roles == i).sum()) > 0
+        assert out[name]["mean"] == pytest.approx(float(pos[roles == i].mean()), abs=1e-4)
+    torch.manual_seed(0)
+    full = build_model("full_memory", d_model=16, num_heads=2).train()
+    res = write_by_role(full, task, num_examples=4)
+    assert full.training and all(0 <= r["mean"] <= 1 for r in res.values())
+    with pytest.raises(ValueError, match="no write gate or learning rate"):
+        write_by_role(type("M", (torch.nn.Module,), {"forward": lambda self, t, return_trace=False: (None, {})})(),
+                      task, num_examples=2)
+
+
+def test_write_by_role_and_lifetime_figures():
+    from memorylib.figures import lifetime_figure, write_by_role_figure
+
+    fig = write_by_role_figure({"a": {"fact: key": {"mean": 0.5, "n": 3}, "filler": {"mean": 0.1, "n": 9}},
+                                "b": {"fact: key": {"mean": 0.25, "n": 3}}})
+    assert list(fig.data[0].x) == ["fact: key", "filler"] and list(fig.data[1].x) == ["fact: key"]
+    assert fig.layout.barmode == "group"
+    fig = lifetime_figure({"needle": {"time": [0, 10, 20], "alive": [1.0, 1.0, 0.5], "n": 4}})
+    assert fig.data[0].line.shape == "hv" and fig.data[0].name == "needle (n=4)"
+    with pytest.raises(ValueError, match="time and alive must have the same length"):
+        lifetime_figure({"x": {"time": [0], "alive": [1, 0], "n": 1}})
+    with pytest.raises(ValueError, match="at least one"):
+        write_by_role_figure({})

@@ -658,6 +658,54 @@ class FullMemoryModel(LearnedMemoryModel):
         new = FullStreamState(full[:, -keep:], memory, sidecar, (state.seen if state else 0) + P)
         return logits, new
 
+    @torch.no_grad()
+    def probe_logits(self, tokens: torch.Tensor, query_features: torch.Tensor) -> torch.Tensor:
+        """The logits a position with features ``query_features`` (B, P, d_model) would produce
+        if it read the memory and the sidecar of ``tokens`` (B, T) at every position ``t``:
+        (B, T, P, vocab). The memory is read as it is after writing token ``t`` and the sidecar
+        holds the tokens before ``t``, exactly as the model's own read at ``t``; so with
+        ``query_features = h[:, t]`` (the model's own features) entry ``[:, t]`` equals
+        ``model(tokens)[:, t]`` (tested). Introduced in chapter 8."""
+        B, T = tokens.shape
+        P = query_features.shape[1]
+        h = self.features(tokens)
+        sig = self._signals(tokens, h)
+        x = self.memory_inputs(h)
+        if self.surprise:
+            x["lr"] = x["lr"] * sig["gate"][:, None, :]
+        probe = self.memory_inputs(query_features)                           # q: (B, H, P, key_dim)
+        side = None
+        if self.sidecar > 0:
+            qs, _, _ = self._side_inputs(query_features)                     # (B, P, sidecar_dim)
+            _, ks, vs = self._side_inputs(h)
+        out = []
+        for p in range(P):
+            reads, _ = self.read_memory({**x, "q": probe["q"][:, :, p:p + 1].expand(-1, -1, T, -1)})
+            r = F.layer_norm(reads, reads.shape[-1:]).transpose(1, 2).reshape(B, T, -1)
+            y = query_features[:, p:p + 1] + self.fuse(r)
+            if self.sidecar > 0:
+                side = sidecar_attention(qs[:, p:p + 1].expand(-1, T, -1), ks, vs, sig["surprise"], self.sidecar)
+                y = y + self.side_out(side)
+            y = y + self.mlp(self.norm_mlp(y))
+            out.append(self.head(self.norm(y)))
+        return torch.stack(out, dim=2)
+
+    @torch.no_grad()
+    def recall(self, tokens: torch.Tensor, probe_keys: torch.Tensor, layout: TokenLayout | None = None):
+        """What the memory and the sidecar would answer, after every position, if asked about each
+        probe key: like :meth:`SlotMemoryModel.recall`, the query is made from a cell of filler
+        and ``ASK k`` seen alone (so the local attention cannot see the sequence) and reads the
+        memory and sidecar of ``tokens`` (:meth:`probe_logits`). tokens: (batch, seq_len);
+        probe_keys: (batch, num_probes). Returns (batch, seq_len, num_probes) predicted token ids.
+        Used by :func:`memorylib.analysis.survival`. Introduced in chapter 8."""
+        layout = layout or TokenLayout()
+        B, P = probe_keys.shape
+        filler = torch.arange(3) % layout.num_filler + layout.filler_start
+        snippet = torch.cat([filler.expand(B * P, 3), torch.full((B * P, 1), layout.ASK),
+                             probe_keys.reshape(B * P, 1)], dim=1)
+        hq = self.features(snippet)[:, -1].view(B, P, -1)
+        return self.probe_logits(tokens, hq).argmax(-1)
+
 
 def _full(**defaults):
     return _fixed(FullMemoryModel, **defaults)

@@ -136,3 +136,26 @@ def test_bad_stream_input():
         m.stream(tokens(2, 0), state)
     with pytest.raises(ValueError, match="token"):
         m.stream(torch.full((2, 3), VOCAB), state)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kind="delta"), dict(kind="linear", sidecar=3),
+                                    dict(kind="mlp", momentum=True, forget=True, chunk_size=4), dict(sidecar=0)])
+def test_probe_with_the_models_own_features_gives_its_own_logits(kwargs):
+    m, x = model(**kwargs), tokens(2, 37)
+    with torch.no_grad():
+        own, h = m(x), m.features(x)
+        at = [0, 5, 17, 36]
+        probed = m.probe_logits(x, h[:, at])                     # (B, T, P, vocab)
+    for p, t in enumerate(at):
+        assert torch.allclose(probed[:, t, p], own[:, t], atol=1e-10), t
+
+
+def test_recall_answers_per_position_and_probe_and_never_looks_ahead():
+    m, x = model(), tokens(2, 40)
+    keys = torch.tensor([[3, 9], [4, 4]])
+    answers = m.recall(x, keys)
+    assert answers.shape == (2, 40, 2) and answers.dtype == torch.long
+    y = x.clone()
+    y[:, 25:] = tokens(2, 15, seed=1)                            # change the future of position 24
+    assert torch.equal(m.recall(y, keys)[:, :25], answers[:, :25])
+    assert torch.equal(answers[1, :, 0], answers[1, :, 1])       # the same probe twice, the same answers

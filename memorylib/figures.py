@@ -928,9 +928,10 @@ def write_by_role_figure(results: dict, title: str = "How strongly each kind of 
                              marker={"color": PALETTE[i % len(PALETTE)]},
                              customdata=[res[r]["n"] for r in shown],
                              hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}} (%{{customdata}} tokens)<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=title, height=400, barmode="group",
+    fig.update_layout(template=TEMPLATE, title=title, height=420, barmode="group",
+                      xaxis={"tickvals": roles, "ticktext": [r.replace(": ", "<br>") for r in roles]},
                       yaxis={"title": "mean write strength", "rangemode": "tozero"},
-                      legend={"orientation": "h", "y": -0.25})
+                      legend={"orientation": "h", "y": -0.2})
     return fig
 
 

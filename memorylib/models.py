@@ -185,6 +185,15 @@ def local_transformer(window: int = DEFAULT_WINDOW, **kwargs) -> TinyTransformer
 # --- slot memory models (chapters 2-3) ---------------------------------------------------------
 
 
+def query_snippet(probe_keys: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
+    """The question a ``recall`` probe asks, seen alone: one cell of filler, then ``ASK k``, for every
+    probe key. probe_keys: (B, P) -> (B * P, 5) token ids. Introduced in chapter 3."""
+    layout = layout or TokenLayout()
+    n = probe_keys.numel()
+    filler = torch.arange(3) % layout.num_filler + layout.filler_start
+    return torch.cat([filler.expand(n, 3), torch.full((n, 1), layout.ASK), probe_keys.reshape(n, 1)], dim=1)
+
+
 class SlotMemoryModel(LocalFeatures):
     """Local causal attention with a slot memory beside it. Introduced in chapter 2.
 
@@ -261,15 +270,11 @@ class SlotMemoryModel(LocalFeatures):
         ``ASK k`` (preceded by one filler cell) read against the memory as it is after token
         ``t``. Returns (batch, seq_len, num_probes) predicted token ids.
         """
-        layout = layout or TokenLayout()
         B, P = probe_keys.shape
         h = self.features(tokens)
         _, _, tr = self.memory(h, trace=True, keep_states=True, write_scale=self.write_scale(tokens, h))
         keys, values = tr["keys"], tr["values"]                             # (B, T, S, D)
-        filler = torch.arange(3) % layout.num_filler + layout.filler_start
-        snippet = torch.cat([filler.expand(B * P, 3), torch.full((B * P, 1), layout.ASK),
-                             probe_keys.reshape(B * P, 1)], dim=1)
-        hp = self.features(snippet)[:, -1].view(B, P, -1)                    # (B, P, d_model)
+        hp = self.features(query_snippet(probe_keys, layout))[:, -1].view(B, P, -1)   # (B, P, d_model)
         pr = self.memory.projections(hp)
         mem = self.memory
         q = pr["query"].reshape(B, 1, P * mem.num_heads, mem.slot_dim)
@@ -698,12 +703,8 @@ class FullMemoryModel(LearnedMemoryModel):
         memory and sidecar of ``tokens`` (:meth:`probe_logits`). tokens: (batch, seq_len);
         probe_keys: (batch, num_probes). Returns (batch, seq_len, num_probes) predicted token ids.
         Used by :func:`memorylib.analysis.survival`. Introduced in chapter 8."""
-        layout = layout or TokenLayout()
         B, P = probe_keys.shape
-        filler = torch.arange(3) % layout.num_filler + layout.filler_start
-        snippet = torch.cat([filler.expand(B * P, 3), torch.full((B * P, 1), layout.ASK),
-                             probe_keys.reshape(B * P, 1)], dim=1)
-        hq = self.features(snippet)[:, -1].view(B, P, -1)
+        hq = self.features(query_snippet(probe_keys, layout))[:, -1].view(B, P, -1)
         return self.probe_logits(tokens, hq).argmax(-1)
 
 

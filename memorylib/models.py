@@ -589,13 +589,18 @@ class FullMemoryModel(LearnedMemoryModel):
         scale = self.side_scale.exp() * self.sidecar_dim ** 0.5     # cancels SDPA's 1 / sqrt(dim)
         return F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), v
 
+    def _gated_inputs(self, h: torch.Tensor, sig: dict) -> dict:
+        """The memory's inputs from features ``h``, its learning rate multiplied by the surprise gate."""
+        x = self.memory_inputs(h)
+        if self.surprise:
+            x["lr"] = x["lr"] * sig["gate"][:, None, :]
+        return x
+
     def _run(self, h, sig, memory_state=None, sidecar_state=None, streaming=False):
         """From features ``h`` and surprise signals to the pre-head activations: the gated memory
         and the sidecar read and fused. Returns ``(y, memory inputs, memory reads, sidecar reads,
         memory state, sidecar state)``; the states are carried only when ``streaming``."""
-        x = self.memory_inputs(h)
-        if self.surprise:
-            x["lr"] = x["lr"] * sig["gate"][:, None, :]
+        x = self._gated_inputs(h, sig)
         reads, memory_state = self.read_memory(x, memory_state)
         r = F.layer_norm(reads, reads.shape[-1:])
         r = r.transpose(1, 2).reshape(h.shape[0], h.shape[1], -1)
@@ -675,11 +680,8 @@ class FullMemoryModel(LearnedMemoryModel):
         P = query_features.shape[1]
         h = self.features(tokens)
         sig = self._signals(tokens, h)
-        x = self.memory_inputs(h)
-        if self.surprise:
-            x["lr"] = x["lr"] * sig["gate"][:, None, :]
+        x = self._gated_inputs(h, sig)
         probe = self.memory_inputs(query_features)                           # q: (B, H, P, key_dim)
-        side = None
         if self.sidecar > 0:
             qs, _, _ = self._side_inputs(query_features)                     # (B, P, sidecar_dim)
             _, ks, vs = self._side_inputs(h)

@@ -401,8 +401,8 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
                        num_examples: int = 128, seed: int = 0):
     """Toggle erase, surprise and the sidecar, and slide the sidecar's capacity: each setting picks
     the trained variant with those switches (``models``: ``{label: FullMemoryModel}`` or
-    ``{label: {task name: FullMemoryModel}}``; a combination that was not trained says so) and evaluates it live on every task of ``tasks``,
-    drawn by :func:`~memorylib.figures.dashboard_figure`. The static book shows the same figure over
+    ``{label: {task name: FullMemoryModel}}``; a combination that was not trained says so) and
+    evaluates it live on every task of ``tasks``, drawn by :func:`~memorylib.figures.dashboard_figure`. The static book shows the same figure over
     precomputed settings. Returns an ``ipywidgets.VBox``. Introduced in chapter 8."""
     from .figures import dashboard_figure
 

@@ -19,9 +19,9 @@ value filed under another key (16K). Checkpoints are written in the format of ``
 (``memorylib eval --checkpoint ...`` and ``memorylib stream --checkpoint ...`` read them with
 ``torch.load(..., weights_only=True)``).
 
-Unlike the sweeps, this script runs in torch's default arithmetic (2 threads), not the book's pinned
-code paths (:mod:`memorylib.reproducible`), which would make it several times slower. Nothing here is
-compared bit for bit: chapter 7 re-runs the first 100 streams at 16K and compares their outcomes.
+Unlike the sweeps, this script runs with 2 threads, not the book's one (:mod:`memorylib.reproducible`):
+its models are larger and its streams long, and it was run when the book's environment still pinned
+slow code paths. Nothing here is compared bit for bit: chapter 7 re-runs the first 100 streams at 16K and compares their outcomes.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ Every row is one call of :func:`memorylib.experiments.run` (build a registered m
 statistics of :mod:`memorylib.analysis`. Each chapter re-runs one seed of its main rows live and,
 on a machine with the fingerprint recorded here (:func:`memorylib.reproducible.fingerprint`),
 asserts it reproduces the row stored here. Runs in the book's numerical environment
-(:mod:`memorylib.reproducible`: 2 threads and pinned CPU code paths; float32 results change in
-their last bits with either), as the tests and the chapters do. The JSON records the command, the library and
+(:mod:`memorylib.reproducible`: one thread; float32 results change in their last bits with the
+thread count and the CPU), as the tests and the chapters do. The committed records were made under
+an earlier environment (2 threads, pinned CPU code paths; their ``numeric_env`` says so), which no
+machine reproduces now: re-running a sweep here makes its chapter's exact check apply again. The JSON records the command, the library and
 torch versions, and how long every row took. For chapters 3 and 4 the weights of each model's median
 seed are saved next to the JSON (``torch.load(..., weights_only=True)`` reads them back).
 """
@@ -34,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from memorylib import reproducible  # noqa: E402  (no torch import)
 
-reproducible.apply()      # as conftest.py: the book's threads and CPU code paths, before torch loads
+reproducible.apply()      # as conftest.py: the book's thread count, before torch loads
 
 import torch  # noqa: E402
 
@@ -152,7 +154,7 @@ def build_tasks(spec: dict) -> tuple:
 
 
 def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
-    torch.set_num_threads(2)
+    torch.set_num_threads(reproducible.THREADS)
     torch.use_deterministic_algorithms(True)
     train_task, evals, pre = build_tasks(spec)
     ckpt_dir = ROOT / spec["out"].replace(".json", "")
@@ -217,7 +219,7 @@ def first_stage(spec: dict, seeds: list[int]) -> None:
     with ``start_from`` then gives exactly the run that trains both stages with this code. Says
     whether the history equals the one the sweep stored (it does only when the sweep ran with the
     same code and numerics)."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(reproducible.THREADS)
     torch.use_deterministic_algorithms(True)
     _, _, pre = build_tasks(spec)
     label, model, kwargs = spec["rows"][0][:3]

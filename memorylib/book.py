@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import random
+import subprocess
 import sys
 from typing import Any
 
@@ -26,6 +28,9 @@ import torch
 
 BOOK_ENV = "MEMORYLIB_BOOK"
 RENDERER_NAME = "memorylib_book"
+# Set (to the repository's URL) to make a kernel behave as Colab's does: install memorylib from the
+# repository and fetch the book (tests/test_reader_path.py points it at a local copy).
+REPO_ENV = "MEMORYLIB_REPO"
 
 
 def in_colab() -> bool:
@@ -36,6 +41,89 @@ def in_colab() -> bool:
 def book_mode() -> bool:
     """True when outputs are produced for the static book / CI (``MEMORYLIB_BOOK=1``)."""
     return os.environ.get(BOOK_ENV, "") not in ("", "0", "false", "False")
+
+
+def fresh_kernel() -> bool:
+    """True in a kernel that has only a notebook and no clone of the book: Colab, or any kernel
+    with ``MEMORYLIB_REPO`` set (a chapter's first cell then installs memorylib from there)."""
+    return in_colab() or bool(os.environ.get(REPO_ENV))
+
+
+def installed_from() -> tuple[str, str | None]:
+    """The repository URL and commit memorylib was installed from by ``pip install
+    "memorylib @ git+URL"`` (pip records both in the distribution's ``direct_url.json``)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        text = distribution("memorylib").read_text("direct_url.json")
+    except PackageNotFoundError:
+        text = None
+    info = json.loads(text) if text else {}
+    if "vcs_info" not in info:
+        raise RuntimeError("memorylib was not installed from a git repository, so the book's records cannot be "
+                           'fetched: pip install "memorylib @ git+<the book\'s repository URL>"')
+    return info["url"], info["vcs_info"].get("commit_id")
+
+
+def fetch_book(dest: str | os.PathLike = "memory-book") -> pathlib.Path:
+    """Make the book's files reachable from a kernel that has only the notebook (Colab).
+
+    Clones the repository memorylib was installed from, at the same commit (so the code, the
+    committed records under ``book/results`` and the checkpoints agree), into ``dest`` unless it
+    is there, and changes the working folder to its ``chapters/``, where every chapter reads
+    ``../book/results``. Does nothing when the working folder already is a chapters folder.
+    Returns the chapters folder.
+    """
+    here = pathlib.Path.cwd()
+    if (here.parent / "book" / "results").is_dir() and (here.parent / "memorylib").is_dir():
+        return here
+    url, commit = installed_from()
+    dest = pathlib.Path(dest).resolve()
+    if not (dest / "chapters").is_dir():
+        subprocess.run(["git", "clone", "--quiet", url, str(dest)], check=True)
+        if commit:
+            subprocess.run(["git", "-C", str(dest), "-c", "advice.detachedHead=false", "checkout", "--quiet",
+                            commit], check=True)
+    os.chdir(dest / "chapters")
+    return dest / "chapters"
+
+
+def below(gap: float, limit: float) -> str:
+    """How a parity check prints its gap: ``"below 1e-12"`` when ``gap < limit``, the bound the
+    check asserts. The exact gap (1.1e-16 here, 1.6e-16 on another CPU) is rounding noise that
+    differs between machines; the bound is the claim, and prints the same everywhere, so nbval
+    compares the line on every machine. A gap at or over the limit prints as the number."""
+    if not (isinstance(limit, (int, float)) and limit > 0):
+        raise ValueError(f"below: limit must be a number > 0, got {limit!r}")
+    gap = float(gap)
+    return f"below {limit:.0e}" if gap < limit else f"{gap:.1e} (not below {limit:.0e})"
+
+
+def _decimals(number: float) -> int:
+    text = repr(float(number))
+    return 0 if "e" in text or text.endswith(".0") else len(text.split(".")[1])
+
+
+def close(measured, stated, tolerance: float, exact: bool) -> bool:
+    """Whether a measured number (or a sequence of them) agrees with the number a chapter states.
+
+    ``exact`` (a machine that reproduces the page, :func:`memorylib.reproducible.same_numerics`):
+    equal at the precision it is stated with (``0.9861`` means four decimals). Elsewhere, where the
+    same code lands in other last bits (a near tie decided the other way, a trained model a little
+    elsewhere): within ``tolerance``. A non-finite measurement never agrees.
+    """
+    if isinstance(stated, (list, tuple)):
+        if not isinstance(measured, (list, tuple)) or len(measured) != len(stated):
+            raise ValueError(f"close: {len(stated)} stated numbers need as many measured ones, got {measured!r}")
+        return all(close(m, s, tolerance, exact) for m, s in zip(measured, stated))
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
+        raise ValueError(f"close: tolerance must be a number >= 0, got {tolerance!r}")
+    measured = float(measured)
+    if measured != measured or measured in (float("inf"), float("-inf")):
+        return False
+    if exact:
+        return round(measured, _decimals(stated)) == stated
+    return abs(measured - stated) <= tolerance
 
 
 def seed_everything(seed: int) -> None:
@@ -86,14 +174,25 @@ def register_book_renderer() -> str:
     return pio.renderers.default
 
 
-def setup(seed: int = 0, threads: int = 2, deterministic: bool = True) -> dict[str, Any]:
+def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True) -> dict[str, Any]:
     """Prepare a chapter: seeds, a fixed thread count, deterministic kernels, the plotly renderer.
 
-    ``threads`` is fixed (default 2, the book's reference machine) because float32 results change
-    in their last bits with the thread count, and the committed outputs are compared by nbval.
-    Returns a small dict describing the environment, which chapters print.
+    ``threads`` is fixed because float32 results change in their last bits with the thread count.
+    ``None`` (the default) keeps the count the environment chose with ``OMP_NUM_THREADS`` (the
+    tests and ``tools/execute_chapters.py`` set the book's, :data:`memorylib.reproducible.THREADS`;
+    CI's foreign-arithmetic run another) and otherwise uses the book's: one thread, which is also
+    the fastest for the per-token memories (:mod:`memorylib.reproducible` has the measurements).
+    In a fresh kernel (:func:`fresh_kernel`: Colab) it first fetches the book's files and moves to
+    its ``chapters/`` folder (:func:`fetch_book`). Returns a small dict describing the environment.
     """
-    if not isinstance(threads, int) or threads < 1:
+    from . import reproducible
+
+    if fresh_kernel():
+        fetch_book()
+
+    if threads is None:
+        threads = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else reproducible.THREADS
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     seed_everything(seed)
     torch.set_num_threads(threads)

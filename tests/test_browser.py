@@ -220,4 +220,7 @@ def test_chapter_page(browser, site, docname):
              page.locator('a[href^="https://colab.research.google.com/"]').all()]
     owner_repo, branch = repository()
     assert any(h.endswith(f"/github/{owner_repo}/blob/{branch}/{docname}.ipynb") for h in colab), colab
+    # Binder: the theme's launch button and the chapter's own badge are one URL (JupyterLab).
+    binder = {a.get_attribute("href") for a in page.locator('a[href^="https://mybinder.org/"]').all()}
+    assert binder == {f"https://mybinder.org/v2/gh/{owner_repo}/{branch}?urlpath=lab/tree/{docname}.ipynb"}, binder
     close()

@@ -8,8 +8,9 @@ from memorylib import reproducible
 
 def test_the_session_runs_in_the_reference_environment():
     assert reproducible.is_reference()
-    assert torch.get_num_threads() == 2
-    assert not reproducible.is_reference({**reproducible.NUMERIC_ENV, "MKL_CBWR": "AUTO"})
+    assert torch.get_num_threads() == reproducible.THREADS == 1
+    assert not reproducible.is_reference(dict(reproducible.FOREIGN_ENV))
+    assert not reproducible.is_reference({})
     env = {}
     assert reproducible.apply(env) == reproducible.NUMERIC_ENV and reproducible.is_reference(env)
 
@@ -39,4 +40,48 @@ def test_committed_surprise_sweeps_record_their_fingerprint():
     root = pathlib.Path(__file__).resolve().parents[1]
     for name in ("ch04_surprise.json", "ch04_surprise_long.json"):
         record = json.loads((root / "book" / "results" / name).read_text())
-        assert len(record["fingerprint"]) == 16 and record["numeric_env"] == reproducible.NUMERIC_ENV
+        assert len(record["fingerprint"]) == 16 and isinstance(record["numeric_env"], dict)
+
+
+def test_close_is_exact_at_the_stated_precision_and_tolerant_elsewhere():
+    import math
+
+    import pytest
+
+    from memorylib.book import close
+
+    assert close(0.98612, 0.9861, 0.01, exact=True) and not close(0.98616, 0.9861, 0.01, exact=True)
+    assert close(0.98616, 0.9861, 0.01, exact=False) and not close(0.9662, 0.9861, 0.01, exact=False)
+    assert close(1042, 1042, 5, exact=True) and not close(1043, 1042, 5, exact=True) and close(1043, 1042, 5, exact=False)
+    assert close((0.5337, 0.5952), (0.5337, 0.5952), 0.02, exact=True)
+    assert not close((0.5337, 0.6252), (0.5337, 0.5952), 0.02, exact=False)
+    assert not close(math.nan, 0.5, 1.0, exact=False) and not close(math.inf, 0.5, math.inf, exact=False)
+    with pytest.raises(ValueError, match="2 stated numbers"):
+        close([0.1], [0.1, 0.2], 0.1, exact=False)
+    with pytest.raises(ValueError, match="tolerance must be"):
+        close(0.1, 0.1, -1, exact=False)
+
+
+def test_below_prints_the_bound_not_the_noise():
+    import math
+
+    import pytest
+
+    from memorylib.book import below
+
+    assert below(1.1e-16, 1e-12) == below(1.6e-16, 1e-12) == "below 1e-12"
+    assert below(3e-12, 1e-12) == "3.0e-12 (not below 1e-12)"
+    assert below(math.nan, 1e-12) == "nan (not below 1e-12)"
+    with pytest.raises(ValueError, match="limit must be"):
+        below(0.0, 0)
+
+
+def test_nbval_skips_only_tagged_cells_on_a_foreign_fingerprint():
+    from conftest import ARITHMETIC_TAG, compared
+
+    assert compared("abc", "abc", [ARITHMETIC_TAG])                  # the machine that executed it: every cell
+    assert compared("abc", "xyz", [])                                # elsewhere: untagged cells still compared
+    assert compared("abc", "xyz", ["hide-input"])
+    assert not compared("abc", "xyz", [ARITHMETIC_TAG])              # ... tagged ones not
+    assert not compared(None, "xyz", [ARITHMETIC_TAG])               # a chapter never executed with a fingerprint
+    assert compared("abc", "xyz", [ARITHMETIC_TAG], compare_all=True)

@@ -187,13 +187,12 @@ def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True)
     """
     from . import reproducible
 
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
     if fresh_kernel():
         fetch_book()
-
     if threads is None:
         threads = torch.get_num_threads() if os.environ.get("OMP_NUM_THREADS") else reproducible.THREADS
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     seed_everything(seed)
     torch.set_num_threads(threads)
     if deterministic:

@@ -85,3 +85,21 @@ def test_nbval_skips_only_tagged_cells_on_a_foreign_fingerprint():
     assert not compared("abc", "xyz", [ARITHMETIC_TAG])              # ... tagged ones not
     assert not compared(None, "xyz", [ARITHMETIC_TAG])               # a chapter never executed with a fingerprint
     assert compared("abc", "xyz", [ARITHMETIC_TAG], compare_all=True)
+
+
+def test_fetch_book_stays_in_a_chapters_folder_and_needs_a_git_install(tmp_path, monkeypatch):
+    import pathlib
+
+    import pytest
+
+    from memorylib import book
+
+    chapters = pathlib.Path(__file__).resolve().parents[1] / "chapters"
+    monkeypatch.chdir(chapters)
+    assert book.fetch_book(tmp_path / "elsewhere") == chapters and not (tmp_path / "elsewhere").exists()
+    monkeypatch.chdir(tmp_path)          # a folder with the notebook alone, and memorylib installed with -e
+    with pytest.raises(RuntimeError, match="not installed from a git repository"):
+        book.fetch_book(tmp_path / "memory-book")
+    assert not (tmp_path / "memory-book").exists()
+    with pytest.raises(ValueError, match="threads must be an int >= 1 or None, got 0"):
+        book.setup(threads=0)

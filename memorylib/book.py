@@ -31,6 +31,7 @@ RENDERER_NAME = "memorylib_book"
 # Set (to the repository's URL) to make a kernel behave as Colab's does: install memorylib from the
 # repository and fetch the book (tests/test_reader_path.py points it at a local copy).
 REPO_ENV = "MEMORYLIB_REPO"
+HEADLESS_ENV = "MEMORYLIB_HEADLESS"
 
 
 def in_colab() -> bool:
@@ -41,6 +42,14 @@ def in_colab() -> bool:
 def book_mode() -> bool:
     """True when outputs are produced for the static book / CI (``MEMORYLIB_BOOK=1``)."""
     return os.environ.get(BOOK_ENV, "") not in ("", "0", "false", "False")
+
+
+def headless() -> bool:
+    """True when no person watches the kernel: the book's outputs are being produced
+    (:func:`book_mode`), or ``MEMORYLIB_HEADLESS=1`` (tests that run a chapter the way a reader's
+    kernel does, without the book renderer). Live widgets then skip their first drawing, which
+    headless executors can deadlock on (:mod:`memorylib.widgets`)."""
+    return book_mode() or os.environ.get(HEADLESS_ENV, "") not in ("", "0", "false", "False")
 
 
 def fresh_kernel() -> bool:

@@ -5,8 +5,9 @@ into an ``ipywidgets.Output`` whenever a control moves (:func:`live_output`); th
 shows the same effect as a plotly slider over precomputed frames
 (``figures.window_slider_figure``, ``figures.parameter_slider_figure``).
 
-When the book's outputs are produced (``MEMORYLIB_BOOK=1``: papermill, nbval, CI) the first
-drawing is skipped. Headless executors (nbclient, behind papermill and nbval) emulate the Output
+When no person watches the kernel (:func:`memorylib.book.headless`: ``MEMORYLIB_BOOK=1`` while the
+book's outputs are produced by papermill, nbval and CI, or ``MEMORYLIB_HEADLESS=1`` in CI's run of
+the reader's path) the first drawing is skipped. Headless executors (nbclient, behind papermill and nbval) emulate the Output
 widget's capture of displays themselves, and with ``interactive_output`` that intermittently
 deadlocks: the kernel finishes the cell and the executor waits forever (jupyter/nbclient#312,
 jupyter/nbconvert#1921; it hung this book's CI). The saved widget is then the controls over an
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .book import book_mode
+from .book import headless
 from .figures import accuracy_by_distance_figure
 from .training import evaluate
 
@@ -33,7 +34,7 @@ def _ipywidgets():
 def live_output(draw, controls: dict):
     """An ``ipywidgets.Output`` that shows ``draw(**{name: control.value})`` and redraws it
     whenever a control in ``controls`` (``{name: widget}``) changes value. The first drawing is
-    made at once, except when the book's outputs are being produced (module docstring)."""
+    made at once, except in a headless kernel (module docstring)."""
     w = _ipywidgets()
     out = w.Output()
 
@@ -44,7 +45,7 @@ def live_output(draw, controls: dict):
 
     for control in controls.values():
         control.observe(redraw, names="value")
-    if not book_mode():
+    if not headless():
         redraw()
     return out
 

@@ -109,13 +109,16 @@ def test_chapter_runs_from_an_empty_folder_like_colab(path, reader, tmp_path, mo
         monkeypatch.delenv(name, raising=False)
     for name, value in reader.items():
         monkeypatch.setenv(name, value)
+    # A live widget's first drawing under a headless executor can deadlock nbclient (it waited out
+    # the 600 s cell timeout in chapters 1 and 4; memorylib.widgets): skip it, as the book's runs do.
+    monkeypatch.setenv("MEMORYLIB_HEADLESS", "1")
     work = tmp_path / "colab"
     work.mkdir()
     notebook = shutil.copy(path, work / path.name)
     start = time.perf_counter()
     papermill.execute_notebook(str(notebook), str(work / ("out-" + path.name)), parameters={"FAST": True},
                                cwd=str(work), kernel_name="reader", progress_bar=False,
-                               execution_timeout=600, start_timeout=120)
+                               execution_timeout=300, start_timeout=120)
     chapter_times.setdefault(path.name, {})["fast"] = time.perf_counter() - start
     assert (work / "memory-book" / "chapters" / path.name).is_file(), "the first cell did not fetch the book"
     # Not asserted: wall time (a timed test flakes). It is printed against its budget (conftest.py).

@@ -103,3 +103,16 @@ def test_fetch_book_stays_in_a_chapters_folder_and_needs_a_git_install(tmp_path,
     assert not (tmp_path / "memory-book").exists()
     with pytest.raises(ValueError, match="threads must be an int >= 1 or None, got 0"):
         book.setup(threads=0)
+
+
+def test_headless_kernels_skip_the_first_widget_drawing(monkeypatch):
+    from memorylib import book
+
+    monkeypatch.delenv("MEMORYLIB_BOOK", raising=False)
+    monkeypatch.delenv("MEMORYLIB_HEADLESS", raising=False)
+    assert not book.headless()                       # a reader's kernel: widgets draw at once
+    monkeypatch.setenv("MEMORYLIB_HEADLESS", "1")
+    assert book.headless() and not book.book_mode()  # the reader's path in CI: no book renderer
+    monkeypatch.setenv("MEMORYLIB_HEADLESS", "0")
+    monkeypatch.setenv("MEMORYLIB_BOOK", "1")
+    assert book.headless()

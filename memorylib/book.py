@@ -189,8 +189,8 @@ def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True)
     ``threads`` is fixed because float32 results change in their last bits with the thread count.
     ``None`` (the default) keeps the count the environment chose with ``OMP_NUM_THREADS`` (the
     tests and ``tools/execute_chapters.py`` set the book's, :data:`memorylib.reproducible.THREADS`;
-    CI's foreign-arithmetic run another) and otherwise uses the book's: one thread, which is also
-    the fastest for the per-token memories (:mod:`memorylib.reproducible` has the measurements).
+    CI's foreign-arithmetic run another) and otherwise uses the book's: one thread
+    (:mod:`memorylib.reproducible` says what it costs and buys).
     In a fresh kernel (:func:`fresh_kernel`: Colab) it first fetches the book's files and moves to
     its ``chapters/`` folder (:func:`fetch_book`). Returns a small dict describing the environment.
     """

@@ -14,19 +14,24 @@ repeats it on any machine), and why nothing else is pinned any more:
 * Without any pin, two processes on one machine give the same bits: the fingerprint below and
   the weights after 40 training steps of the tiny transformer and 20 of the slot memory were
   identical run to run. That is all that nbval needs.
-* One thread instead of two: the slot memories (chapters 2-4, a per-token loop of small
-  operations) train **1.9x faster** (20 steps: 4.7 s vs 8.8 s), because two threads pay more in
-  hand-offs than they gain; the delta rule and the full model train at the same speed
-  (1.4 vs 1.6 s, 3.1 vs 3.0 s); the tiny transformer trains 1.26x slower (3.8 vs 3.0 s); causal
-  attention over 4,096 tokens takes 28.6 ms vs 21.3 ms. One thread also gives every machine the
-  same split of the sums, whatever its core count.
+* One thread. Against the environment it replaces (two threads whose idle time was spent asleep,
+  plus the pins below) the slot memories of chapters 2-4 train 1.96x faster (20 steps: 4.9 s vs
+  9.6 s) and the tiny transformer 1.3x faster (3.8 vs 5.0 s). Against two threads with OpenMP's
+  default (idle threads spin): the same speed on the slot memories (4.9 s both), 1.3x slower on
+  the delta rule, the MLP memory, the full model and the tiny transformer (1.4 vs 1.1 s, 1.5 vs
+  1.2 s, 1.7 vs 1.3 s, 3.8 vs 2.9 s), causal attention over 4,096 tokens 29 vs 21 ms. That is the
+  price, and what it buys: two spinning threads collapse when another process shares the two cores
+  (chapter 1 took 557 s instead of 65 s beside a second run), one thread does not, and one thread
+  splits every sum the same way on any machine, whatever its core count. Every chapter stays well
+  inside its budget on one thread (longest: chapter 4, 87 s in full).
 * ``MKL_CBWR=COMPATIBLE`` (MKL's cross-vendor reproducibility) cost 2.3x on a 4608x64 @ 64x256
-  product (2.05 vs 0.91 ms), 2.4x on causal attention at 4,096 tokens (51.5 vs 21.3 ms) and 1.7x
-  on training the tiny transformer, and bought nothing: with it and the AVX2 pins below, an Intel
-  Xeon and an AMD EPYC still gave different fingerprints (``e3cb5c3e83dd78f8`` and
+  product (1.88 vs 0.83 ms), 2.3x on causal attention at 4,096 tokens (49.9 vs 21.3 ms) and 1.5x
+  on training the tiny transformer (4.5 vs 2.9 s), and bought nothing: with it and the AVX2 pins
+  below, an Intel Xeon and an AMD EPYC still gave different fingerprints (``e3cb5c3e83dd78f8`` and
   ``779f4739ea7ad027``), because matrix-product blocking follows cache sizes. Dropped.
-* ``ATEN_CPU_CAPABILITY=avx2`` and ``ONEDNN_MAX_CPU_ISA=AVX2`` (no AVX-512 kernels) cost little
-  alone (3.3 vs 3.0 s on the transformer) and bought nothing for the same reason. Dropped.
+* ``ATEN_CPU_CAPABILITY=avx2`` and ``ONEDNN_MAX_CPU_ISA=AVX2`` (no AVX-512 kernels) cost nothing
+  on this AMD EPYC (the tiny transformer even trained faster, 2.4 vs 2.9 s) and bought nothing for
+  the same reason. Dropped.
 * ``MKL_DYNAMIC=FALSE`` and ``OMP_WAIT_POLICY=PASSIVE`` only matter with several threads. Dropped.
 
 So results are bit-for-bit reproducible on the same machine (CPU model and library build), and

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -89,10 +90,14 @@ def fetch_book(dest: str | os.PathLike = "memory-book") -> pathlib.Path:
     url, commit = installed_from()
     dest = pathlib.Path(dest).resolve()
     if not (dest / "chapters").is_dir():
-        subprocess.run(["git", "clone", "--quiet", url, str(dest)], check=True)
+        # Cloned beside it and renamed when complete: an interrupted fetch leaves no half a book.
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(["git", "clone", "--quiet", url, str(partial)], check=True)
         if commit:
-            subprocess.run(["git", "-C", str(dest), "-c", "advice.detachedHead=false", "checkout", "--quiet",
+            subprocess.run(["git", "-C", str(partial), "-c", "advice.detachedHead=false", "checkout", "--quiet",
                             commit], check=True)
+        os.replace(partial, dest)
     os.chdir(dest / "chapters")
     return dest / "chapters"
 

@@ -12,6 +12,7 @@ The wall time of every chapter is printed against its budget.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import runpy
 import sys
@@ -24,12 +25,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUDGET_S = 180
 
 
+def write_atomically(nb, path: pathlib.Path) -> None:
+    """Write the notebook beside its path, then rename it over: a stopped run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
+
+
 def record_fingerprint(path: pathlib.Path, fingerprint: str) -> None:
     """Record, before executing, the fingerprint the outputs will be produced with: a chapter
     asserts the exact values of its live runs only where it matches (reproducible.chapter_record)."""
     nb = nbformat.read(path, as_version=4)
     nb.metadata["memorylib"] = {"fingerprint": fingerprint}
-    nbformat.write(nb, path)
+    write_atomically(nb, path)
 
 
 def strip_volatile(path: pathlib.Path, fingerprint: str) -> None:
@@ -41,7 +49,7 @@ def strip_volatile(path: pathlib.Path, fingerprint: str) -> None:
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
-    nbformat.write(nb, path)
+    write_atomically(nb, path)
 
 
 def main(argv: list[str]) -> int:

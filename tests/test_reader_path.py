@@ -11,7 +11,7 @@ the first cell then does what it does in Colab, ``pip install "memorylib @ git+<
 The FAST run times are printed at the end of the session with the full ones (conftest.py).
 """
 
-import os
+import json
 import pathlib
 import re
 import shutil
@@ -60,7 +60,8 @@ def snapshot_repository(dest: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
-    """(kernel name, environment variables) of a reader's kernel, with the repository to fetch."""
+    """The environment variables that select the reader's kernel (kernel name ``reader``, found
+    through ``JUPYTER_PATH``) and the repository its first cell installs from."""
     base = tmp_path_factory.mktemp("reader")
     repo = snapshot_repository(base / "repo")
     venv = base / "venv"
@@ -76,9 +77,9 @@ def reader(tmp_path_factory):
     assert shown == "[]", f"the reader's environment must not have {shown}"
     kernels = base / "jupyter" / "kernels" / "reader"
     kernels.mkdir(parents=True)
-    (kernels / "kernel.json").write_text(
-        '{"argv": ["%s", "-m", "ipykernel_launcher", "-f", "{connection_file}"], '
-        '"display_name": "reader", "language": "python"}' % python)
+    (kernels / "kernel.json").write_text(json.dumps(
+        {"argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "reader", "language": "python"}))
     return {"JUPYTER_PATH": str(base / "jupyter"), "MEMORYLIB_REPO": repo.as_uri()}
 
 

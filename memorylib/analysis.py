@@ -14,7 +14,9 @@ import torch
 
 from .slot_memory import slot_usage_entropy
 from .stats import wilson_interval
-from .tasks import CELL, TokenLayout, _check_int, derive_seed, make_generator
+from .checks import check_int
+from .knobs import eval_mode
+from .tasks import CELL, TokenLayout, derive_seed, make_generator
 
 
 def _r(x) -> float:
@@ -99,12 +101,8 @@ def slot_monitor(model, batch) -> dict:
     """For ``train(monitor=slot_monitor)``: the scalar entries of :func:`slot_statistics` of
     ``model`` on the training batch (``batch.tokens``: (B, T)), run in eval mode without
     gradients; the model's mode is restored afterwards. Introduced in chapter 2."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, trace = model(batch.tokens, return_trace=True)
-    finally:
-        model.train(was_training)
     return {k: v for k, v in slot_statistics(trace).items() if not isinstance(v, list)}
 
 
@@ -151,12 +149,12 @@ def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: in
     "ci_low", "ci_high"}``: the share of hits, the number of probes and a 95 % Wilson interval
     per bin (all 0.0 where ``n`` is 0); ``num_facts``, ``num_examples``, ``restated_probes``.
     """
-    _check_int("num_examples", num_examples, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("bin_width", bin_width, 1)
+    check_int("num_examples", num_examples, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("bin_width", bin_width, 1)
     layout = getattr(task, "layout", None) or TokenLayout()
     T = task.seq_len
-    max_delta = T if max_delta is None else _check_int("max_delta", max_delta, 0)
+    max_delta = T if max_delta is None else check_int("max_delta", max_delta, 0)
     num_bins = max_delta // bin_width + 1
     delta = torch.arange(max_delta + 1)
     bins = delta // bin_width
@@ -164,10 +162,7 @@ def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: in
     counts = {s: torch.zeros(num_bins, dtype=torch.long) for s in ("live", "overwritten")}
     facts = restated = done = 0
     gen = make_generator(derive_seed(seed, "eval"))
-    was_training = getattr(model, "training", None)
-    if was_training is not None:
-        model.eval()
-    try:
+    with eval_mode(model):
         while done < num_examples:
             n = min(batch_size, num_examples - done)
             tokens = task.sample(n, gen).tokens                                     # (n, T)
@@ -202,9 +197,6 @@ def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: in
             restated += int((inside & ~live & ~changed).sum())
             facts += len(b_idx)
             done += n
-    finally:
-        if was_training is not None:
-            model.train(was_training)
     out = {"delta": [i * bin_width for i in range(num_bins)], "bin_width": bin_width, "num_facts": facts,
            "num_examples": num_examples, "restated_probes": restated}
     for status in ("live", "overwritten"):
@@ -262,16 +254,13 @@ def write_by_role(model, task, num_examples: int = 256, seed: int = 0, batch_siz
     sequences of ``task`` (drawn from ``derive_seed(seed, "eval")``, like
     :func:`memorylib.training.evaluate`). Returns ``{role: {"mean", "n"}}`` for the roles that occur.
     Introduced in chapter 8."""
-    _check_int("num_examples", num_examples, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("num_examples", num_examples, 1)
+    check_int("batch_size", batch_size, 1)
     layout = getattr(task, "layout", None) or TokenLayout()
     sums = torch.zeros(len(ROLES), dtype=torch.float64)
     counts = torch.zeros(len(ROLES), dtype=torch.long)
     gen = make_generator(derive_seed(seed, "eval"))
-    was_training = getattr(model, "training", None)
-    if was_training is not None:
-        model.eval()
-    try:
+    with eval_mode(model):
         done = 0
         while done < num_examples:
             n = min(batch_size, num_examples - done)
@@ -281,7 +270,4 @@ def write_by_role(model, task, num_examples: int = 256, seed: int = 0, batch_siz
             sums += torch.bincount(roles[keep], weights=write[keep].double(), minlength=len(ROLES))
             counts += torch.bincount(roles[keep], minlength=len(ROLES))
             done += n
-    finally:
-        if was_training is not None:
-            model.train(was_training)
     return {role: {"mean": _r(sums[i] / counts[i]), "n": int(counts[i])} for i, role in enumerate(ROLES) if counts[i] > 0}

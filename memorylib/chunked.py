@@ -25,12 +25,12 @@ import math
 import pathlib
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
-from .tasks import _check_int
+from .checks import check_int
+from .knobs import chunking  # noqa: F401 (used here; chapter 6 imports it from here)
 from .ttt import MLPMemoryState, mlp_apply, mlp_memory, mlp_memory_reference
 
 #: a relative error above this (or not finite) is reported as "diverged"
@@ -50,12 +50,12 @@ def unit_stream(batch_size: int, seq_len: int, dim: int, hidden: int | None = No
     are normalized: 0 gives independent keys (mean cosine 0), 1 keys whose mean cosine is about
     0.5, as keys made by one projection of related features tend to be. Returns ``{"q", "k",
     "v", "w1", "w2"}``."""
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seq_len", seq_len, 1)
-    _check_int("dim", dim, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("seq_len", seq_len, 1)
+    check_int("dim", dim, 1)
     if not shared >= 0:
         raise ValueError(f"shared must be >= 0, got {shared!r}")
-    hidden = dim if hidden is None else _check_int("hidden", hidden, 1)
+    hidden = dim if hidden is None else check_int("hidden", hidden, 1)
     g = torch.Generator().manual_seed(seed)
     common = _unit(torch.randn(dim, generator=g, dtype=dtype))
     shape = (batch_size, 1, seq_len, dim)
@@ -94,7 +94,7 @@ def error_removed_by_one_write(stream: dict, lr: float, num_tokens: int = 64) ->
     """The scale of a learning rate: the mean fraction of ``||f(k_t) - v_t||`` that one write of
     ``(k_t, v_t)`` at rate ``lr`` removes, each of the first ``num_tokens`` tokens written alone
     into the stream's initial weights (negative: the write overshoots and makes it worse)."""
-    _check_int("num_tokens", num_tokens, 1)
+    check_int("num_tokens", num_tokens, 1)
     n = min(num_tokens, stream["k"].shape[2])
     k, v = stream["k"][:, :, :n].transpose(1, 2), stream["v"][:, :, :n].transpose(1, 2)    # (B, n, 1, dim)
     # n one-token streams side by side as heads, each from the initial weights
@@ -132,7 +132,7 @@ def drift_profile(out: torch.Tensor, reference: torch.Tensor, window: int = 16) 
     """Where along the stream the drift is: the relative error of each read,
     ``||o_t - r_t|| / ||r_t||``, averaged over the sequences of a batch and over windows of
     ``window`` tokens. Returns ``(window starts, drift in percent)`` (``inf`` where not finite)."""
-    _check_int("window", window, 1)
+    check_int("window", window, 1)
     if out.shape != reference.shape:
         raise ValueError(f"out and reference must have the same shape, got {tuple(out.shape)} and {tuple(reference.shape)}")
     per_token = ((out - reference).norm(dim=-1) / reference.norm(dim=-1)).flatten(0, -2).mean(0)    # (T,)
@@ -149,23 +149,6 @@ def describe_error(error: float) -> str:
 
 
 # --- a trained model's memory at another chunk size ----------------------------------------------
-
-
-@contextmanager
-def chunking(model, chunk_size: int | None):
-    """Temporarily run the memory of a :class:`~memorylib.models.LearnedMemoryModel` with
-    ``chunk_size`` tokens per chunk, or token by token (its reference form) when None."""
-    if chunk_size is not None:
-        _check_int("chunk_size", chunk_size, 1)
-    old = model.chunk_size, model.reference
-    if chunk_size is None:
-        model.reference = True
-    else:
-        model.chunk_size, model.reference = chunk_size, False
-    try:
-        yield model
-    finally:
-        model.chunk_size, model.reference = old
 
 
 def chunk_size_curve(model, task, chunk_sizes, **eval_kwargs) -> dict:
@@ -214,7 +197,7 @@ def model_memory_drift(model, tokens: torch.Tensor, chunk_sizes) -> dict:
 
 def time_call(fn, repeats: int = 3) -> float:
     """Median wall time in seconds of ``repeats`` calls of ``fn()``, after one warm-up call."""
-    _check_int("repeats", repeats, 1)
+    check_int("repeats", repeats, 1)
     fn()
     times = []
     for _ in range(repeats):

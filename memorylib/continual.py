@@ -18,7 +18,7 @@ import time
 import torch
 
 from .registry import build_model
-from .tasks import _check_int
+from .checks import check_int
 from .training import evaluate, train
 
 
@@ -33,8 +33,8 @@ def forgetting_curves(model: str, phases: list[tuple[str, object]], *, steps: in
     "accuracy": {task name: [accuracy at each evaluation]}, "ci": {task: [[lo, hi], ...]},
     "forgetting": {task: best accuracy - final accuracy, for every task before the last},
     "seconds"}``."""
-    _check_int("steps", steps, 1)
-    _check_int("eval_every", eval_every, 1)
+    check_int("steps", steps, 1)
+    check_int("eval_every", eval_every, 1)
     names = [name for name, _ in phases]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"phases must be a non-empty list of (name, task) with distinct names, got {names}")

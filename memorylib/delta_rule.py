@@ -40,28 +40,16 @@ from __future__ import annotations
 
 import torch
 
-from .tasks import _check_int
+from .checks import check_int, check_qkv, check_tensor, check_values
 
 
 def _check_inputs(q, k, v, beta, retain, state):
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"{name} must be a tensor of shape (batch, heads, seq_len, dim), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    check_qkv(q, k, v)
     B, H, T, Dk = k.shape
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    if v.shape[:3] != (B, H, T):
-        raise ValueError(f"v must have shape ({B}, {H}, {T}, value_dim), got {tuple(v.shape)}")
-    for name, x in (("beta", beta), ("retain", retain)):
-        if x is not None and (not isinstance(x, torch.Tensor) or x.shape != (B, H, T)):
-            raise ValueError(f"{name} must be a tensor of shape ({B}, {H}, {T}), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if retain is not None and retain.numel() and (float(retain.detach().min()) < 0 or float(retain.detach().max()) > 1):
-        raise ValueError(f"retain must be in [0, 1], got values in [{float(retain.detach().min()):.4g}, {float(retain.detach().max()):.4g}]")
-    if state is not None and (not isinstance(state, torch.Tensor) or state.shape != (B, H, v.shape[-1], Dk)):
-        raise ValueError(f"state must be a tensor of shape ({B}, {H}, {v.shape[-1]}, {Dk}), got "
-                         f"{tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__}")
+    check_tensor("beta", beta, (B, H, T), allow_none=True)
+    check_tensor("retain", retain, (B, H, T), allow_none=True)
+    check_values("retain", retain, 0, 1)
+    check_tensor("state", state, (B, H, v.shape[-1], Dk), allow_none=True)
 
 
 def initial_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -103,7 +91,7 @@ def delta_rule(q, k, v, beta, retain=None, state=None, chunk_size: int = 64, era
     """The exact chunked delta rule (UT transform inside each chunk). Returns ``(out, state)``;
     equal to :func:`delta_rule_reference` at every ``chunk_size`` and sequence length."""
     _check_inputs(q, k, v, beta, retain, state)
-    _check_int("chunk_size", chunk_size, 1)
+    check_int("chunk_size", chunk_size, 1)
     B, H, T, Dk = k.shape
     M = initial_state(k, v) if state is None else state
     if T == 0:

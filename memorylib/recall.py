@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .delta_rule import delta_rule
 from .sidecar import sidecar_attention
 from .stats import wilson_interval
-from .tasks import _check_int
+from .checks import check_int
 from .ttt import MLPMemoryState, mlp_apply, mlp_memory, mlp_memory_reference
 
 RECALL_KINDS = ("delta", "additive", "mlp")
@@ -51,14 +51,14 @@ def write_pairs(kind: str, keys: torch.Tensor, values: torch.Tensor, lr: float =
     so that every write is finished when the memory is read."""
     if kind not in RECALL_KINDS:
         raise ValueError(f"kind must be one of {RECALL_KINDS}, got {kind!r}")
-    _check_int("passes", passes, 1)
+    check_int("passes", passes, 1)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if not 0 < retain <= 1:
         raise ValueError(f"retain must be in (0, 1], got {retain!r}")
     B, _, N, D = keys.shape
     if chunk_size is not None:
-        _check_int("chunk_size", chunk_size, 1)
+        check_int("chunk_size", chunk_size, 1)
         if kind == "mlp" and N % chunk_size:
             raise ValueError(f"chunk_size must divide the number of pairs ({N}) for the MLP memory, got {chunk_size}")
     rate = torch.full((B, 1, N), float(lr))
@@ -92,9 +92,9 @@ def store_and_recall(kind: str, num_pairs: int, dim: int = 32, trials: int = 32,
 
     Returns ``{"accuracy", "ci", "n", "by_age"}``; ``by_age[j]`` is the accuracy for the pair
     written ``j`` pairs before the last (0: the most recent)."""
-    _check_int("num_pairs", num_pairs, 1)
-    _check_int("dim", dim, 1)
-    _check_int("trials", trials, 1)
+    check_int("num_pairs", num_pairs, 1)
+    check_int("dim", dim, 1)
+    check_int("trials", trials, 1)
     keys, values = random_pairs(trials, num_pairs, dim, seed)
     read = write_pairs(kind, keys, values, seed=seed, **write_kwargs)
     with torch.no_grad():
@@ -136,8 +136,8 @@ def store_and_recall_with_sidecar(kind: str, num_pairs: int, capacity: int, dim:
     attention read when a cached key matches it (cosine >= ``match``), else the memory's read.
     Returns :func:`store_and_recall`'s dict plus ``from_sidecar`` (fraction of queries the sidecar
     answered) and ``memory_only`` (accuracy of the memory alone on the same pairs)."""
-    _check_int("num_pairs", num_pairs, 1)
-    _check_int("capacity", capacity, 0)
+    check_int("num_pairs", num_pairs, 1)
+    check_int("capacity", capacity, 0)
     if rank not in SIDECAR_RANKS:
         raise ValueError(f"rank must be one of {SIDECAR_RANKS}, got {rank!r}")
     if kind == "mlp":

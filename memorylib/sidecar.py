@@ -15,8 +15,11 @@ Shapes, for a batch of ``B`` sequences::
 
     q, k: (B, T, key_dim)   v: (B, T, value_dim)   surprise: (B, T)   out: (B, T, value_dim)
 
-Two forms compute the same thing:
+Three forms compute the same thing:
 
+* :func:`sidecar_attention_reference`: the definition, token by token: keep a list of the cached
+  tokens, read it by softmax attention (an empty slot first), then add the token and drop the
+  least surprising if the list is longer than ``capacity``. Slow, and the test of the others;
 * :func:`sidecar_attention`: a whole sequence at once. ``allowed[t, j]`` (``j < t`` and fewer than
   ``capacity`` tokens before ``t`` beat ``j``) is built from a running count (a cumulative sum over
   the pairwise comparisons, O((K + T)^2) time and memory per sequence), then one call of
@@ -30,11 +33,12 @@ Two forms compute the same thing:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .tasks import _check_int
+from .checks import check_int, check_qkv, check_tensor
 
 
 @dataclass
@@ -61,19 +65,28 @@ def beats(surprise: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     return (si > sj) | ((si == sj) & (pi < pj))
 
 
-def _prepare(q, k, v, surprise, capacity, state):
+class Prepared(NamedTuple):
+    """The candidates of one call: the cache then the new tokens (``keys``, ``values`` behind the
+    empty slot; ``surprise``, ``position``, ``filled`` without it), ``beats[i, j]`` among them, and
+    ``mask (B, T, 1 + K + T)``: which candidate each query may read."""
+
+    state: SidecarState
+    keys: torch.Tensor
+    values: torch.Tensor
+    surprise: torch.Tensor
+    position: torch.Tensor
+    filled: torch.Tensor
+    beats: torch.Tensor
+    mask: torch.Tensor
+
+
+def _prepare(q, k, v, surprise, capacity, state) -> Prepared:
     """Validate the inputs; build the candidates (the cache, then the new tokens, behind an always
     visible empty slot) and the mask of which candidate each query may read."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            raise ValueError(f"{name} must be a tensor of shape (batch, seq_len, dim), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    check_qkv(q, k, v, layout="(batch, seq_len, dim)")
     B, T, Dk = k.shape
-    if q.shape != k.shape or v.shape[:2] != (B, T) or not isinstance(surprise, torch.Tensor) or surprise.shape != (B, T):
-        raise ValueError(f"q, k: (B, T, key_dim), v: (B, T, value_dim), surprise: (B, T); got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}, "
-                         f"{tuple(surprise.shape) if isinstance(surprise, torch.Tensor) else type(surprise).__name__}")
-    _check_int("capacity", capacity, 1)
+    check_tensor("surprise", surprise, (B, T))
+    check_int("capacity", capacity, 1)
     if state is not None and state.keys.shape[:2] != (B, capacity):
         raise ValueError(f"state holds {tuple(state.keys.shape[:2])} (batch, capacity), expected ({B}, {capacity})")
     if state is None:
@@ -99,7 +112,28 @@ def _prepare(q, k, v, surprise, capacity, state):
     keys = torch.cat([keys.new_zeros(B, 1, Dk), keys], 1)
     values = torch.cat([values.new_zeros(B, 1, values.shape[-1]), values], 1)
     mask = torch.cat([torch.ones(B, T, 1, dtype=torch.bool, device=k.device), allowed], 2)
-    return state, keys, values, s_all, p_all, filled, b, mask
+    return Prepared(state, keys, values, s_all, p_all, filled, b, mask)
+
+
+def sidecar_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, surprise: torch.Tensor,
+                                capacity: int) -> torch.Tensor:
+    """The sidecar token by token (module docstring), for one whole sequence: the definition the
+    fast form is tested against. Shapes as :func:`sidecar_attention`; returns ``out``."""
+    check_qkv(q, k, v, layout="(batch, seq_len, dim)")
+    B, T, Dk = k.shape
+    check_tensor("surprise", surprise, (B, T))
+    check_int("capacity", capacity, 1)
+    out = v.new_zeros(B, T, v.shape[-1])
+    for b in range(B):
+        cache = []                                                # (surprise, position), best first
+        for t in range(T):
+            kept = [p for _, p in cache]
+            keys = torch.cat([k.new_zeros(1, Dk), k[b, kept]])     # the empty slot, then the cache
+            values = torch.cat([v.new_zeros(1, v.shape[-1]), v[b, kept]])
+            out[b, t] = torch.softmax(keys @ q[b, t] / Dk ** 0.5, 0) @ values
+            # add token t; keep the most surprising, the older one on a tie
+            cache = sorted(cache + [(float(surprise[b, t]), t)], key=lambda c: (-c[0], c[1]))[:capacity]
+    return out
 
 
 def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | None = None,
@@ -107,8 +141,10 @@ def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | No
     """Exact attention over the ``capacity`` most surprising earlier tokens (module docstring).
     Returns ``out``, or ``(out, state)`` with ``return_state=True`` or when a state is given."""
     keep_state = return_state or state is not None
-    state, keys, values, s_all, p_all, filled, b, mask = _prepare(q, k, v, surprise, capacity, state)
-    out = F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None], attn_mask=mask[:, None])[:, 0]
+    prep = _prepare(q, k, v, surprise, capacity, state)
+    state, keys, values, s_all, p_all, filled, b = prep[:7]
+    out = F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None],
+                                         attn_mask=prep.mask[:, None])[:, 0]
     if not keep_state:
         return out
     K, T = capacity, k.shape[1]
@@ -130,7 +166,7 @@ def sidecar_weights(q, k, v, surprise, capacity: int) -> tuple[torch.Tensor, tor
     tokens not in its cache) and ``empty: (B, T)`` the weight left on the empty slot. Explicit
     softmax, for inspection (the traces of chapter 7's model); :func:`sidecar_attention` computes
     the same reads without forming the weights."""
-    _, keys, _, _, _, _, _, mask = _prepare(q, k, v, surprise, capacity, None)
-    scores = (q @ keys.transpose(1, 2)) / q.shape[-1] ** 0.5
-    w = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)      # (B, T, 1 + K + T); the cache is empty
+    prep = _prepare(q, k, v, surprise, capacity, None)
+    scores = (q @ prep.keys.transpose(1, 2)) / q.shape[-1] ** 0.5
+    w = torch.softmax(scores.masked_fill(~prep.mask, float("-inf")), -1)      # (B, T, 1 + K + T); the cache is empty
     return w[:, :, 1 + capacity:], w[:, :, 0]

@@ -68,6 +68,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_choice, check_int, check_number
+
 WRITE_POLICIES = ("content", "content_only", "lru", "fifo", "random")
 MATCH_SCALE = 10.0   #: how sharply the "content" policy switches between its match and a fresh slot
 
@@ -135,16 +137,6 @@ class SlotState:
 # --- the module ------------------------------------------------------------------------------
 
 
-def _check(name, value, low, high=None, allow_none=False):
-    if value is None and allow_none:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        none = "None or " if allow_none else ""
-        raise ValueError(f"{name} must be {none}an int {allowed}, got {value!r}")
-    return value
-
-
 class SlotMemory(nn.Module):
     """A slot memory driven by per-token features ``h: (batch, seq_len, d_model)``.
 
@@ -167,21 +159,17 @@ class SlotMemory(nn.Module):
                  bottleneck: int | None = None, decay: bool = False, utilization_weight: float = 0.0,
                  seed: int = 0, fixed_write: float | None = None):
         super().__init__()
-        _check("d_model", d_model, 1)
-        _check("num_slots", num_slots, 1)
-        _check("slot_dim", slot_dim, 1)
-        _check("num_heads", num_heads, 1)
-        _check("top_k", top_k, 1, None, allow_none=True)
-        _check("bottleneck", bottleneck, 1, None, allow_none=True)
-        _check("seed", seed, 0)
-        if write_policy not in WRITE_POLICIES:
-            raise ValueError(f"write_policy must be one of {WRITE_POLICIES}, got {write_policy!r}")
-        if fixed_erase is not None and not (isinstance(fixed_erase, (int, float)) and 0.0 <= fixed_erase <= 1.0):
-            raise ValueError(f"fixed_erase must be None (learned) or a number in [0, 1], got {fixed_erase!r}")
-        if fixed_write is not None and not (isinstance(fixed_write, (int, float)) and 0.0 <= fixed_write <= 1.0):
-            raise ValueError(f"fixed_write must be None (learned) or a number in [0, 1], got {fixed_write!r}")
-        if not (isinstance(utilization_weight, (int, float)) and utilization_weight >= 0):
-            raise ValueError(f"utilization_weight must be a number >= 0, got {utilization_weight!r}")
+        check_int("d_model", d_model, 1)
+        check_int("num_slots", num_slots, 1)
+        check_int("slot_dim", slot_dim, 1)
+        check_int("num_heads", num_heads, 1)
+        check_int("top_k", top_k, 1, allow_none=True)
+        check_int("bottleneck", bottleneck, 1, allow_none=True)
+        check_int("seed", seed, 0)
+        check_choice("write_policy", write_policy, WRITE_POLICIES)
+        check_number("fixed_erase", fixed_erase, 0, 1, allow_none="learned")
+        check_number("fixed_write", fixed_write, 0, 1, allow_none="learned")
+        check_number("utilization_weight", utilization_weight, 0)
         self.num_slots, self.slot_dim, self.num_heads, self.top_k = num_slots, slot_dim, num_heads, top_k
         self.write_policy, self.fixed_erase, self.seed = write_policy, fixed_erase, seed
         self.fixed_write = fixed_write
@@ -234,7 +222,7 @@ class SlotMemory(nn.Module):
                 "write_gate": gate, "erase": erase, "read_gate": g[..., 2], "alloc": logits[..., 3]}
 
     def _check_slots(self):
-        _check("num_slots", self.num_slots, 1)
+        check_int("num_slots", self.num_slots, 1)
         if self.decay_logit is not None and self.decay_logit.shape[0] != self.num_slots:
             raise ValueError(f"num_slots={self.num_slots} cannot change on a memory with decay gates "
                              f"(built with {self.decay_logit.shape[0]} slots)")

@@ -24,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .stats import wilson_interval
-from .tasks import CELL, DEFAULT_MIN_DISTANCE, TokenLayout, _check_int, _gap_cells, make_generator
+from .checks import check_int
+from .knobs import eval_mode
+from .tasks import CELL, DEFAULT_MIN_DISTANCE, TokenLayout, _gap_cells, make_generator
 
 STREAM_MODES = ("needle", "removed", "shuffled", "other_key")
 
@@ -42,15 +44,15 @@ class NeedleStream:
                  filler: str = "predictable", min_distance: int = DEFAULT_MIN_DISTANCE,
                  layout: TokenLayout | None = None):
         self.layout = lay = layout if layout is not None else TokenLayout()
-        self.seq_len = _check_int("seq_len", seq_len, CELL)
-        B = self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seq_len = check_int("seq_len", seq_len, CELL)
+        B = self.batch_size = check_int("batch_size", batch_size, 1)
         if mode not in STREAM_MODES:
             raise ValueError(f"mode must be one of {STREAM_MODES}, got {mode!r}")
         if filler not in ("random", "predictable"):
             raise ValueError(f"filler must be 'random' or 'predictable', got {filler!r}")
         self.mode, self.filler = mode, filler
         num_cells = seq_len // CELL
-        top = num_cells - 2 - _gap_cells(_check_int("min_distance", min_distance, 1))
+        top = num_cells - 2 - _gap_cells(check_int("min_distance", min_distance, 1))
         if top < 0:
             raise ValueError(f"seq_len={seq_len} is too short for a needle at min_distance={min_distance}")
         g = make_generator(seed)
@@ -131,10 +133,10 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
     after the last piece; the same for every length),
     ``seconds`` and ``tokens_per_second``.
     """
-    _check_int("trials", trials, 1)
-    _check_int("num_depths", num_depths, 2)
-    _check_int("piece", piece, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("trials", trials, 1)
+    check_int("num_depths", num_depths, 2)
+    check_int("piece", piece, 1)
+    check_int("batch_size", batch_size, 1)
     if not hasattr(model, "stream"):
         raise ValueError(f"{type(model).__name__} has no stream method; streaming needs a model of constant state "
                          "(FullMemoryModel and its ablations)")
@@ -142,30 +144,28 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
     depth_of = grid[np.arange(trials) % num_depths]
     correct, state_bytes = np.zeros(trials, dtype=bool), set()
     stored = np.zeros(trials, dtype=bool)
-    was_training = model.training
-    model.eval()
-    start = time.perf_counter()
-    total = 0
-    batches = list(range(0, trials, batch_size))
-    bar = tqdm(total=trials * math.ceil((seq_len // CELL * CELL - 1) / piece), disable=not progress,
-               desc=f"{seq_len} tokens, {mode}", mininterval=1.0)
-    for b_i, lo_t in enumerate(batches):
-        hi_t = min(trials, lo_t + batch_size)
-        gen = NeedleStream(seq_len, hi_t - lo_t, seed=seed * 100003 + b_i, depths=depth_of[lo_t:hi_t],
-                           mode=mode, filler=filler)
-        end, state = gen.answer_position + 1, None
-        for lo in range(0, end, piece):
-            hi = min(end, lo + piece)
-            logits, state = model.stream(gen.piece(lo, hi), state, last_only=True)
-            bar.update(hi_t - lo_t)
-        predicted = logits[:, -1].argmax(-1)
-        correct[lo_t:hi_t] = (predicted == gen.targets).numpy()
-        stored[lo_t:hi_t] = (predicted == gen.stored_value.squeeze(1)).numpy()
-        state_bytes.add(state.nbytes() // (hi_t - lo_t))
-        total += (hi_t - lo_t) * end
-    bar.close()
-    seconds = time.perf_counter() - start
-    model.train(was_training)
+    with eval_mode(model):
+        start = time.perf_counter()
+        total = 0
+        batches = list(range(0, trials, batch_size))
+        bar = tqdm(total=trials * math.ceil((seq_len // CELL * CELL - 1) / piece), disable=not progress,
+                   desc=f"{seq_len} tokens, {mode}", mininterval=1.0)
+        for b_i, lo_t in enumerate(batches):
+            hi_t = min(trials, lo_t + batch_size)
+            gen = NeedleStream(seq_len, hi_t - lo_t, seed=seed * 100003 + b_i, depths=depth_of[lo_t:hi_t],
+                               mode=mode, filler=filler)
+            end, state = gen.answer_position + 1, None
+            for lo in range(0, end, piece):
+                hi = min(end, lo + piece)
+                logits, state = model.stream(gen.piece(lo, hi), state, last_only=True)
+                bar.update(hi_t - lo_t)
+            predicted = logits[:, -1].argmax(-1)
+            correct[lo_t:hi_t] = (predicted == gen.targets).numpy()
+            stored[lo_t:hi_t] = (predicted == gen.stored_value.squeeze(1)).numpy()
+            state_bytes.add(state.nbytes() // (hi_t - lo_t))
+            total += (hi_t - lo_t) * end
+        bar.close()
+        seconds = time.perf_counter() - start
     r = lambda x: round(float(x), digits)  # noqa: E731
     k, n = int(correct.sum()), trials
     lo_ci, hi_ci = wilson_interval(k, n)
@@ -208,7 +208,7 @@ def sidecar_lifetimes(model, gen: NeedleStream, end: int | None = None, piece: i
     if getattr(model, "sidecar", 0) < 1:
         raise ValueError(f"{type(model).__name__} has no sidecar (sidecar={getattr(model, 'sidecar', None)!r})")
     end = gen.answer_position if end is None else end
-    _check_int("end", end, 1, gen.seq_len)
+    check_int("end", end, 1, gen.seq_len)
     state, first_seen, last_seen = None, {}, {}
     for lo in range(0, end, piece):
         hi = min(end, lo + piece)

@@ -30,12 +30,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import check_choice, check_number
+
 SURPRISE_KINDS = ("prob", "nll")
-
-
-def _check_kind(kind) -> None:
-    if kind not in SURPRISE_KINDS:
-        raise ValueError(f"surprise kind must be one of {SURPRISE_KINDS}, got {kind!r}")
 
 
 def token_surprise(logits: torch.Tensor, tokens: torch.Tensor, kind: str = "prob") -> torch.Tensor:
@@ -46,7 +43,7 @@ def token_surprise(logits: torch.Tensor, tokens: torch.Tensor, kind: str = "prob
     guess and ``s_t`` (t >= 1) uses only ``logits[:, t - 1]`` and ``tokens[:, t]``, so it never
     depends on a token after ``t``.
     """
-    _check_kind(kind)
+    check_choice("surprise kind", kind, SURPRISE_KINDS)
     if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
         raise ValueError(f"logits must be (batch, seq_len, vocab) and tokens (batch, seq_len); got "
                          f"{tuple(logits.shape)} and {tuple(tokens.shape)}")
@@ -62,8 +59,7 @@ def momentum_surprise(surprise: torch.Tensor, momentum: float) -> torch.Tensor:
 
     surprise: (..., seq_len). ``momentum = 0`` returns the input unchanged.
     """
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+    check_number("momentum", momentum, 0, 1, high_open=True)
     if momentum == 0 or surprise.shape[-1] == 0:
         return surprise
     out, carry = [], torch.zeros_like(surprise[..., 0])
@@ -75,8 +71,6 @@ def momentum_surprise(surprise: torch.Tensor, momentum: float) -> torch.Tensor:
 
 def surprise_gate(surprise: torch.Tensor, threshold: float, temperature: float) -> torch.Tensor:
     """Write strength from surprise: ``sigmoid((surprise - threshold) / temperature)`` in (0, 1)."""
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
-        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    check_number("temperature", temperature, 0, low_open=True)
+    check_number("threshold", threshold)
     return torch.sigmoid((surprise - threshold) / temperature)

@@ -30,6 +30,8 @@ from typing import ClassVar
 
 import torch
 
+from .checks import check_int, check_name
+
 IGNORE = -100          #: ``targets`` value at positions that are not scored
 CELL = 3               #: tokens per cell
 DEFAULT_MIN_DISTANCE = 48
@@ -144,15 +146,6 @@ def make_generator(seed: int | torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
-
-
 def _gap_cells(min_distance: int) -> int:
     """Cells that must lie strictly between a fact cell and a query cell so that
     distance = 3 * (query_cell - fact_cell) - 1 >= min_distance."""
@@ -183,8 +176,8 @@ class Task:
         self.layout = layout if layout is not None else TokenLayout()
         if not isinstance(self.layout, TokenLayout):
             raise ValueError(f"layout must be a TokenLayout, got {type(layout).__name__}")
-        self.seq_len = _check_int("seq_len", seq_len, CELL)
-        self.min_distance = _check_int("min_distance", min_distance, 1)
+        self.seq_len = check_int("seq_len", seq_len, CELL)
+        self.min_distance = check_int("min_distance", min_distance, 1)
         if filler not in ("random", "predictable"):
             raise ValueError(f"filler must be 'random' or 'predictable', got {filler!r}")
         self.filler = filler
@@ -254,7 +247,7 @@ class Task:
 
     def sample(self, batch_size: int, seed: int | torch.Generator = 0) -> Batch:
         """A batch of ``batch_size`` sequences, deterministic given ``seed`` (or a generator)."""
-        _check_int("batch_size", batch_size, 1)
+        check_int("batch_size", batch_size, 1)
         g = make_generator(seed)
         b = self._generate(batch_size, g)
         self._self_check(b)
@@ -289,8 +282,8 @@ class AssociativeLookup(Task):
                  min_distance: int = DEFAULT_MIN_DISTANCE, filler: str = "random",
                  layout: TokenLayout | None = None):
         super().__init__(seq_len, min_distance, layout, filler)
-        self.num_pairs = _check_int("num_pairs", num_pairs, 1, self.layout.num_keys)
-        self.num_queries = _check_int("num_queries", num_queries, 1, num_pairs)
+        self.num_pairs = check_int("num_pairs", num_pairs, 1, self.layout.num_keys)
+        self.num_queries = check_int("num_queries", num_queries, 1, num_pairs)
         self._first_query_cell = num_pairs + _gap_cells(min_distance)
         self._too_short(self._first_query_cell + num_queries,
                         f"num_pairs={num_pairs}, num_queries={num_queries}, min_distance={min_distance}")
@@ -327,10 +320,10 @@ class ChangingFacts(Task):
                  min_distance: int = DEFAULT_MIN_DISTANCE, filler: str = "random",
                  layout: TokenLayout | None = None):
         super().__init__(seq_len, min_distance, layout, filler)
-        self.num_active_keys = _check_int("num_active_keys", num_active_keys, 1, self.layout.num_keys)
-        self.updates_per_phase = _check_int("updates_per_phase", updates_per_phase, num_active_keys)
-        self.queries_per_phase = _check_int("queries_per_phase", queries_per_phase, 1, num_active_keys)
-        self.num_phases = _check_int("num_phases", num_phases, 1)
+        self.num_active_keys = check_int("num_active_keys", num_active_keys, 1, self.layout.num_keys)
+        self.updates_per_phase = check_int("updates_per_phase", updates_per_phase, num_active_keys)
+        self.queries_per_phase = check_int("queries_per_phase", queries_per_phase, 1, num_active_keys)
+        self.num_phases = check_int("num_phases", num_phases, 1)
         self._phase_cells = updates_per_phase + _gap_cells(min_distance) + queries_per_phase
         self._too_short(num_phases * self._phase_cells,
                         f"num_phases={num_phases} x (updates_per_phase={updates_per_phase} + gap for "
@@ -430,8 +423,8 @@ class MultiHop(Task):
                  min_distance: int = DEFAULT_MIN_DISTANCE, filler: str = "random",
                  layout: TokenLayout | None = None):
         super().__init__(seq_len, min_distance, layout, filler)
-        self.num_chains = _check_int("num_chains", num_chains, 1, self.layout.num_keys // 3)
-        self.num_queries = _check_int("num_queries", num_queries, 1, num_chains)
+        self.num_chains = check_int("num_chains", num_chains, 1, self.layout.num_keys // 3)
+        self.num_queries = check_int("num_queries", num_queries, 1, num_chains)
         self._first_query_cell = 2 * num_chains + _gap_cells(min_distance)
         self._too_short(self._first_query_cell + num_queries,
                         f"num_chains={num_chains}, num_queries={num_queries}, min_distance={min_distance}")
@@ -471,22 +464,18 @@ class LengthExtrapolation:
 
     def __init__(self, base: str = "associative_lookup", seq_len: int = 144,
                  factors: tuple[int, ...] = (1, 2, 4, 8), **base_kwargs):
-        from .registry import build_task
-
         if base == self.name:
             raise ValueError("length_extrapolation cannot wrap itself")
         if not factors or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in factors):
             raise ValueError(f"factors must be a non-empty tuple of ints >= 1, got {factors!r}")
         self.base, self.factors, self.base_kwargs = base, tuple(factors), dict(base_kwargs)
-        self.train_task = build_task(base, seq_len=seq_len, **base_kwargs)
+        self.train_task = _base_task(base, seq_len=seq_len, **base_kwargs)
         self.seq_len = seq_len
         self.layout = self.train_task.layout
 
     def eval_task(self, factor: int) -> Task:
-        from .registry import build_task
-
-        _check_int("factor", factor, 1)
-        return build_task(self.base, seq_len=self.seq_len * factor, **self.base_kwargs)
+        check_int("factor", factor, 1)
+        return _base_task(self.base, seq_len=self.seq_len * factor, **self.base_kwargs)
 
     @property
     def vocab_size(self) -> int:
@@ -584,11 +573,10 @@ def reference_labels(tokens: torch.Tensor, layout: TokenLayout | None = None, ho
     return targets, distance
 
 
-def _register_tasks():
-    from .registry import register_task
-
-    for cls in (AssociativeLookup, ChangingFacts, NeedleRecall, MultiHop, LengthExtrapolation):
-        register_task(cls.name)(cls)
+TASKS = {cls.name: cls for cls in (AssociativeLookup, ChangingFacts, NeedleRecall, MultiHop, LengthExtrapolation)}
+"""The tasks of the book by name (:mod:`memorylib.registry` builds them: ``build_task("changing_facts")``)."""
 
 
-_register_tasks()
+def _base_task(name: str, **kwargs) -> Task:
+    """A base task of :class:`LengthExtrapolation` by name, from :data:`TASKS`."""
+    return check_name("task", name, TASKS)(**kwargs)

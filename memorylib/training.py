@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .stats import bootstrap_interval, wilson_interval
-from .tasks import IGNORE, Batch, LengthExtrapolation, _check_int, derive_seed, make_generator
+from .checks import check_int
+from .knobs import eval_mode
+from .tasks import IGNORE, Batch, LengthExtrapolation, derive_seed, make_generator
 
 
 def answer_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -44,9 +46,9 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
     added to the loss it is trained on. ``monitor(model, batch) -> {name: number}`` (optional) is
     called at every logged step after the update, and its numbers are added to the history.
     """
-    _check_int("steps", steps, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("log_every", log_every, 1)
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("log_every", log_every, 1)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     gen = make_generator(derive_seed(seed, "train"))
@@ -92,7 +94,7 @@ def _distance_bins(distances: np.ndarray, bin_width: int | None) -> np.ndarray:
     lo, hi = int(distances.min()), int(distances.max())
     if bin_width is None:
         bin_width = max(3, 3 * math.ceil((hi - lo + 1) / 16 / 3))
-    _check_int("bin_width", bin_width, 1)
+    check_int("bin_width", bin_width, 1)
     return np.arange(lo, hi + bin_width + 1, bin_width)
 
 
@@ -105,27 +107,25 @@ def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size
     per batch, is evaluated on an even mix. Returns numpy arrays: ``example`` (sequence index), ``distance``, ``correct`` (bool),
     ``stale`` (the overwritten value or -1), ``predicted``, ``target``, and ``num_examples``.
     """
-    _check_int("num_examples", num_examples, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("num_examples", num_examples, 1)
+    check_int("batch_size", batch_size, 1)
     gen = make_generator(derive_seed(seed, "eval"))
-    was_training = model.training
-    model.eval()
-    parts = {k: [] for k in ("example", "distance", "correct", "stale", "predicted", "target")}
-    done = 0
-    while done < num_examples:
-        n = min(batch_size, num_examples - done)
-        batch = task.sample(n, gen)
-        pred = model(batch.tokens).argmax(-1)
-        mask = batch.answer_mask
-        rows = torch.arange(n).unsqueeze(1).expand_as(mask)
-        parts["example"].append((rows[mask] + done).numpy())
-        parts["distance"].append(batch.distance[mask].numpy())
-        parts["correct"].append((pred[mask] == batch.targets[mask]).numpy())
-        parts["stale"].append(batch.stale[mask].numpy())
-        parts["predicted"].append(pred[mask].numpy())
-        parts["target"].append(batch.targets[mask].numpy())
-        done += n
-    model.train(was_training)
+    with eval_mode(model):
+        parts = {k: [] for k in ("example", "distance", "correct", "stale", "predicted", "target")}
+        done = 0
+        while done < num_examples:
+            n = min(batch_size, num_examples - done)
+            batch = task.sample(n, gen)
+            pred = model(batch.tokens).argmax(-1)
+            mask = batch.answer_mask
+            rows = torch.arange(n).unsqueeze(1).expand_as(mask)
+            parts["example"].append((rows[mask] + done).numpy())
+            parts["distance"].append(batch.distance[mask].numpy())
+            parts["correct"].append((pred[mask] == batch.targets[mask]).numpy())
+            parts["stale"].append(batch.stale[mask].numpy())
+            parts["predicted"].append(pred[mask].numpy())
+            parts["target"].append(batch.targets[mask].numpy())
+            done += n
     out = {k: np.concatenate(v) for k, v in parts.items()}
     out["num_examples"] = num_examples
     return out

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from .delta_rule import decay_products
-from .tasks import _check_int
+from .checks import check_int, check_qkv, check_tensor, check_values
 
 
 @dataclass
@@ -105,26 +105,13 @@ def token_gradients(w1, w2, k, v):
 
 
 def _check(q, k, v, lr, momentum, retain, state):
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"{name} must be a tensor of shape (batch, heads, seq_len, dim), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    check_qkv(q, k, v)
     B, H, T, Dk = k.shape
-    if q.shape != k.shape or v.shape[:3] != (B, H, T):
-        raise ValueError(f"q, k, v must share (batch, heads, seq_len) and q, k their last dim; got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    for name, x, low, high in (("lr", lr, 0.0, None), ("momentum", momentum, 0.0, 1.0), ("retain", retain, 0.0, 1.0)):
-        if x is None:
-            if name == "lr":
-                raise ValueError("lr must be a tensor of shape (batch, heads, seq_len), got None")
-            continue
-        if not isinstance(x, torch.Tensor) or x.shape != (B, H, T):
-            raise ValueError(f"{name} must be a tensor of shape ({B}, {H}, {T}), got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        lo, hi = (float(x.detach().min()), float(x.detach().max())) if x.numel() else (low, low)
-        if lo < low or (high is not None and hi > high):
-            allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
-            raise ValueError(f"{name} must be {allowed}, got values in [{lo:.4g}, {hi:.4g}]")
+    check_tensor("lr", lr, (B, H, T))
+    check_values("lr", lr, 0)
+    for name, x in (("momentum", momentum), ("retain", retain)):
+        check_tensor(name, x, (B, H, T), allow_none=True)
+        check_values(name, x, 0, 1)
     if not isinstance(state, MLPMemoryState):
         raise ValueError(f"state must be an MLPMemoryState (MLPMemoryState.initial(w1, w2, batch_size)), "
                          f"got {type(state).__name__}")
@@ -226,7 +213,7 @@ def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState
     and ``q @ k^T`` inside each chunk is computed for all chunks at once; the loop over chunks
     does only what needs the chunk-start weights."""
     _check(q, k, v, lr, momentum, retain, state)
-    _check_int("chunk_size", chunk_size, 1)
+    check_int("chunk_size", chunk_size, 1)
     if state.pending and state.chunk_size != chunk_size:
         raise ValueError(f"this state holds an unfinished chunk of chunk_size={state.chunk_size}; "
                          f"continue with that chunk_size, got chunk_size={chunk_size}")

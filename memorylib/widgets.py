@@ -16,10 +16,9 @@ empty output, which the static book could not redraw anyway.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from .book import headless
 from .figures import accuracy_by_distance_figure
+from .knobs import attention_window, memory_size, sidecar_capacity, surprise_settings  # noqa: F401 (used here; chapters import them from here)
 from .training import evaluate
 
 
@@ -48,17 +47,6 @@ def live_output(draw, controls: dict):
     if not headless():
         redraw()
     return out
-
-
-@contextmanager
-def attention_window(model, window: int | None):
-    """Temporarily set ``model.window`` (``None`` = full attention)."""
-    old = model.window
-    model.window = window
-    try:
-        yield model
-    finally:
-        model.window = old
 
 
 def window_curve(model, task, window: int | None, **eval_kwargs) -> dict:
@@ -96,20 +84,6 @@ def window_explorer(model, task, windows=(4, 8, 16, 32, 64, None), reference: di
 
 
 # --- slot memory (chapters 2-3) ----------------------------------------------------------------
-
-
-@contextmanager
-def memory_size(model, num_slots: int):
-    """Temporarily run a slot memory model with ``num_slots`` slots (the weights do not depend on
-    the number of slots). Introduced in chapter 2."""
-    if isinstance(num_slots, bool) or not isinstance(num_slots, int) or num_slots < 1:
-        raise ValueError(f"num_slots must be an int >= 1, got {num_slots!r}")
-    old = model.num_slots
-    model.num_slots = num_slots
-    try:
-        yield model
-    finally:
-        model.num_slots = old
 
 
 def ablation_curve(model, task, num_slots: int, **eval_kwargs) -> dict:
@@ -172,20 +146,6 @@ def ablation_explorer(models: dict, task, sizes=(2, 4, 8, 16), num_examples: int
 
     out = live_output(draw, {"name": choice, "slots": slider})
     return w.VBox([choice, slider, out])
-
-
-@contextmanager
-def surprise_settings(model, threshold: float | None = None, temperature: float | None = None):
-    """Temporarily set the surprise gate of a :class:`~memorylib.models.SurpriseMemoryModel`."""
-    old = model.threshold, model.temperature
-    if threshold is not None:
-        model.threshold = float(threshold)
-    if temperature is not None:
-        model.temperature = float(temperature)
-    try:
-        yield model
-    finally:
-        model.threshold, model.temperature = old
 
 
 def threshold_curve(model, task, threshold: float, **eval_kwargs) -> dict:
@@ -332,22 +292,6 @@ def sidecar_explorer(kinds=("delta", "additive"), capacities=(0, 4, 8, 16, 32, 6
 
 
 # --- the full model (chapters 7-8) ---------------------------------------------------------------
-
-
-@contextmanager
-def sidecar_capacity(model, capacity: int):
-    """Temporarily run a full model with a sidecar of ``capacity`` entries (0: none); the weights
-    do not depend on it. A model trained without a sidecar (``no_sidecar``) is left as it is.
-    Introduced in chapter 8."""
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
-        raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
-    old = model.sidecar
-    if old > 0:
-        model.sidecar = capacity
-    try:
-        yield model
-    finally:
-        model.sidecar = old
 
 
 SWITCHES = ("erase", "surprise", "sidecar")

@@ -27,5 +27,5 @@ def test_curves_have_an_evaluation_of_every_task_at_each_step():
 def test_bad_phases():
     with pytest.raises(ValueError, match="distinct names"):
         forgetting_curves("local_transformer", phases() + phases()[:1], steps=2)
-    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         forgetting_curves("local_transformer", phases(), steps=0)

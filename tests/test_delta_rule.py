@@ -111,7 +111,7 @@ def test_state_is_constant_in_sequence_length():
 
 def test_bad_inputs_name_the_value():
     q, k, v, beta, a = inputs(T=5)
-    with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
         delta_rule(q, k, v, beta, chunk_size=0)
     with pytest.raises(ValueError, match=r"retain must be in \[0, 1\]"):
         delta_rule(q, k, v, beta, a * 3)

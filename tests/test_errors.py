@@ -9,16 +9,16 @@ from memorylib.tasks import TokenLayout
 
 @pytest.mark.parametrize("name,kwargs,match", [
     ("associative_lookup", {"seq_len": 30}, r"seq_len=30 is too short .* needs seq_len >= \d+"),
-    ("associative_lookup", {"num_pairs": 100}, r"num_pairs must be in \[1, 64\], got 100"),
-    ("associative_lookup", {"num_queries": 9}, r"num_queries must be in \[1, 8\], got 9"),
+    ("associative_lookup", {"num_pairs": 100}, r"num_pairs must be an int in \[1, 64\], got 100"),
+    ("associative_lookup", {"num_queries": 9}, r"num_queries must be an int in \[1, 8\], got 9"),
     ("associative_lookup", {"min_distance": 500}, r"seq_len=144 is too short .*min_distance=500"),
-    ("associative_lookup", {"min_distance": 0}, r"min_distance must be >= 1, got 0"),
+    ("associative_lookup", {"min_distance": 0}, r"min_distance must be an int >= 1, got 0"),
     ("associative_lookup", {"filler": "noise"}, r"filler must be 'random' or 'predictable', got 'noise'"),
     ("changing_facts", {"seq_len": 90}, r"seq_len=90 is too short"),
-    ("changing_facts", {"queries_per_phase": 7}, r"queries_per_phase must be in \[1, 6\], got 7"),
+    ("changing_facts", {"queries_per_phase": 7}, r"queries_per_phase must be an int in \[1, 6\], got 7"),
     ("needle_recall", {"depth": 1.5}, r"depth must be None or a float in \[0, 1\], got 1.5"),
     ("needle_recall", {"seq_len": 30}, r"seq_len=30 is too short"),
-    ("multi_hop", {"num_chains": 30}, r"num_chains must be in \[1, 21\], got 30"),
+    ("multi_hop", {"num_chains": 30}, r"num_chains must be an int in \[1, 21\], got 30"),
     ("length_extrapolation", {"factors": (1, 0)}, r"factors must be a non-empty tuple of ints >= 1"),
 ])
 def test_bad_task_arguments(name, kwargs, match):
@@ -28,7 +28,7 @@ def test_bad_task_arguments(name, kwargs, match):
 
 def test_bad_batch_size_and_seed():
     task = build_task("associative_lookup")
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         task.sample(0)
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         task.sample(4, seed=-1)

@@ -256,7 +256,7 @@ def test_survival_of_an_untrained_model_is_a_probability_per_bin(model, changing
     short = survival(model, changing, num_examples=2, max_delta=10)
     assert short["delta"] == [0, 3, 6, 9] and len(short["live"]["n"]) == 4
     json.dumps(res, allow_nan=False)
-    with pytest.raises(ValueError, match="num_examples must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_examples must be an int >= 1, got 0"):
         survival(model, changing, num_examples=0)
 
 

@@ -94,7 +94,7 @@ def test_evaluator_stops_at_the_query_and_reports_constant_state():
 def test_evaluator_rejects_models_that_cannot_stream():
     with pytest.raises(ValueError, match="LearnedMemoryModel has no stream method"):
         stream_needle(build_model("delta_memory"), 600, 2, progress=False)
-    with pytest.raises(ValueError, match="trials must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="trials must be an int >= 1, got 0"):
         stream_needle(build_model("full_memory"), 600, 0, progress=False)
 
 

@@ -137,13 +137,13 @@ def test_writing_a_pair_moves_the_memory_toward_it():
 def test_bad_inputs_name_the_value():
     q, k, v, lr, mom, ret, w1, w2 = inputs(T=5)
     state = MLPMemoryState.initial(w1, w2, B)
-    with pytest.raises(ValueError, match=r"lr must be >= 0.0, got values in \[-0.97"):
+    with pytest.raises(ValueError, match=r"lr must be >= 0, got values in \[-0.97"):
         mlp_memory(q, k, v, lr - 1, state=state)
-    with pytest.raises(ValueError, match=r"momentum must be in \[0.0, 1.0\]"):
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
         mlp_memory(q, k, v, lr, mom + 1, state=state)
     with pytest.raises(ValueError, match="state must be an MLPMemoryState"):
         mlp_memory(q, k, v, lr, state=None)
-    with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got 0"):
         mlp_memory(q, k, v, lr, state=state, chunk_size=0)
     _, open_state = mlp_memory(q, k, v, lr, state=state, chunk_size=4)       # 5 tokens: one left open
     with pytest.raises(ValueError, match="unfinished chunk of chunk_size=4"):

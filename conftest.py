@@ -43,7 +43,8 @@ TIMES_ENV = "MEMORYLIB_CHAPTER_TIMES"   # a JSON file the session writes its cha
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" and report.nodeid.startswith("chapters/") and report.nodeid.split("::")[0].endswith(".ipynb"):
+    if (report.when == "call" and report.nodeid.startswith("chapters/")
+            and report.nodeid.split("::")[0].endswith(".ipynb")):
         name = report.nodeid.split("::")[0].split("/")[-1]
         chapter_times.setdefault(name, {}).setdefault(FULL_KIND, 0.0)
         chapter_times[name][FULL_KIND] += report.duration

@@ -98,7 +98,7 @@ DELTA_BETA = 0.5
 
 # --- timing ---
 
-def time_call(fn, repeats: int | None = None):
+def timed_call(fn, repeats: int | None = None):
     """Time ``fn()``: one untimed warm-up call, then ``repeats`` timed calls (5, or 3 when the
     warm-up took over a second). Returns ``(timing, result of the warm-up call)``, with
     ``timing = {"median_s", "repeats_s", "warmup_s"}``."""
@@ -119,7 +119,7 @@ def time_call(fn, repeats: int | None = None):
 def time_rounds(fns: dict, rounds: int = 5) -> dict:
     """Time several closures side by side: one untimed warm-up call of each, then ``rounds``
     rounds of one timed call of each, so that a change in the machine's load hits them alike.
-    Returns ``{name: (timing, result of its warm-up call)}`` with timings as :func:`time_call`'s."""
+    Returns ``{name: (timing, result of its warm-up call)}`` with timings as :func:`timed_call`'s."""
     warmups, results, times = {}, {}, {name: [] for name in fns}
     for name, fn in fns.items():
         start = time.perf_counter()
@@ -221,15 +221,15 @@ def loop_vs_chunked(seq_lens: list[int], max_loop_len: int) -> dict:
         timed = min(seq_len, max_loop_len)
         mx, dx = mlp_inputs(1, seq_len), delta_inputs(seq_len)
         forms = [
-            ("mlp_loop", None, lambda: mlp_forward(mx, None, timed), timed),
-            ("mlp_chunked", 16, lambda: mlp_forward(mx, 16), seq_len),
-            ("mlp_chunked", 64, lambda: mlp_forward(mx, 64), seq_len),
-            ("delta_loop", None, lambda: delta_forward(dx, None, seq_len=timed), timed),
-            ("delta_chunked", DELTA_CHUNK, lambda: delta_forward(dx, DELTA_CHUNK), seq_len),
+            ("mlp_loop", None, lambda mx=mx, timed=timed: mlp_forward(mx, None, timed), timed),
+            ("mlp_chunked", 16, lambda mx=mx: mlp_forward(mx, 16), seq_len),
+            ("mlp_chunked", 64, lambda mx=mx: mlp_forward(mx, 64), seq_len),
+            ("delta_loop", None, lambda dx=dx, timed=timed: delta_forward(dx, None, seq_len=timed), timed),
+            ("delta_chunked", DELTA_CHUNK, lambda dx=dx: delta_forward(dx, DELTA_CHUNK), seq_len),
         ]
         by_name = {}
         for name, chunk, fn, timed_len in forms:
-            timing, (out, _) = time_call(fn)
+            timing, (out, _) = timed_call(fn)
             require_finite(name, [out])
             row = timing_row(name, seq_len, timing, timed_len, chunk_size=chunk)
             rows.append(row)
@@ -283,7 +283,7 @@ def linear_vs_attention(seq_lens: list[int]) -> dict:
     for seq_len in seq_lens:
         x = delta_inputs(seq_len)
         for name, fn in methods.items():
-            timing, out = time_call(lambda: fn(x))
+            timing, out = timed_call(lambda fn=fn, x=x: fn(x))
             require_finite(name, [out])
             rows.append(timing_row(name, seq_len, timing, chunk_size=None if name == "attention" else DELTA_CHUNK))
             print_timing(rows[-1])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -25,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import memorylib  # noqa: E402
 from memorylib import reproducible  # noqa: E402
 from memorylib.capstone import CAPSTONE, learning_rate  # noqa: E402
 from memorylib.continual import forgetting_curves  # noqa: E402
@@ -58,9 +56,7 @@ def main(argv: list[str]) -> int:
                   f"forgetting {r['forgetting']} ({r['seconds']} s)", flush=True)
     if args.quick:
         return 0
-    record = {"command": "python experiments/continual.py", "memorylib": memorylib.__version__,
-              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-              "pinned_arithmetic": reproducible.is_reference(), "fingerprint": reproducible.fingerprint(),
+    record = {**reproducible.provenance("python experiments/continual.py"),
               "order": ORDER, "tasks": {n: CAPSTONE["tasks"][n]["train"] for n in ORDER}, "steps_per_phase": STEPS,
               "eval_every": EVAL_EVERY, "batch_size": BATCH, "num_examples": EXAMPLES,
               "runs": runs, "seconds": round(time.perf_counter() - started, 1)}

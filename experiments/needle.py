@@ -21,7 +21,8 @@ value filed under another key (16K). Checkpoints are written in the format of ``
 
 Unlike the sweeps, this script runs with 2 threads, not the book's one (:mod:`memorylib.reproducible`):
 its models are larger and its streams long, and it was run when the book's environment still pinned
-slow code paths. Nothing here is compared bit for bit: chapter 7 re-runs the first 100 streams at 16K and compares their outcomes.
+slow code paths. Nothing here is compared bit for bit: chapter 7 re-runs the first 100 streams at 16K
+and compares their outcomes.
 """
 
 from __future__ import annotations
@@ -29,18 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memorylib import reproducible  # noqa: E402  (no torch import)
-
 import torch  # noqa: E402
 
-import memorylib  # noqa: E402
+from memorylib import checkpoint, reproducible  # noqa: E402
+from memorylib.checkpoint import save_checkpoint  # noqa: E402
 from memorylib.registry import build_model, build_task  # noqa: E402
 from memorylib.streaming import stream_needle  # noqa: E402
 from memorylib.tasks import TaskMixture  # noqa: E402
@@ -69,18 +68,14 @@ def train_model(name: str) -> tuple:
     fit = train(model, training_task(), steps=RECIPE["steps"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
                 warmup=RECIPE["warmup"], seed=RECIPE["seed"], log_every=25, desc=name)
     seconds = time.perf_counter() - start
-    torch.save({"format_version": 1, "model": name, "model_kwargs": {}, "task": NEEDLE[0], "task_kwargs": NEEDLE[1],
-                "seed": RECIPE["seed"], "state_dict": model.state_dict(), "memorylib_version": memorylib.__version__,
-                "train_config": {**RECIPE, "task": "mixture", "tasks": [list(NEEDLE), list(LOOKUP)]}},
-               CKPT / f"{name}.pt")
+    save_checkpoint(CKPT / f"{name}.pt", model=name, model_kwargs={}, task=NEEDLE[0], task_kwargs=NEEDLE[1],
+                    seed=RECIPE["seed"], net=model,
+                    train_config={**RECIPE, "task": "mixture", "tasks": [list(NEEDLE), list(LOOKUP)]})
     return model, fit["history"], round(seconds, 1)
 
 
 def load_model(name: str):
-    ckpt = torch.load(CKPT / f"{name}.pt", weights_only=True)
-    model = build_model(name, **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return checkpoint.load_model(CKPT / f"{name}.pt")[0]
 
 
 def main(argv: list[str]) -> int:
@@ -116,10 +111,8 @@ def main(argv: list[str]) -> int:
         return 0
     d, layers = 64, 2          # a full-attention transformer of the book's width (tiny_transformer)
     record = {
-        "command": "python experiments/needle.py" + (" --eval-only" if args.eval_only else ""),
-        "memorylib": memorylib.__version__, "torch": torch.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "pinned_arithmetic": reproducible.is_reference(),
-        "fingerprint": reproducible.fingerprint(), "train_length": TRAIN_LEN,
+        **reproducible.provenance("python experiments/needle.py" + (" --eval-only" if args.eval_only else "")),
+        "train_length": TRAIN_LEN,
         "training": {"tasks": [list(NEEDLE), list(LOOKUP)], **RECIPE},
         "trials": trials, "piece": PIECE, "batch": BATCH, "lengths": lengths,
         "kv_cache_bytes_per_token": 2 * layers * d * 4,

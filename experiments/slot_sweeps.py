@@ -16,9 +16,10 @@ asserts it reproduces the row stored here. Runs in the book's numerical environm
 (:mod:`memorylib.reproducible`: one thread; float32 results change in their last bits with the
 thread count and the CPU), as the tests and the chapters do. The committed records were made under
 an earlier environment (2 threads, pinned CPU code paths; their ``numeric_env`` says so), which no
-machine reproduces now: re-running a sweep here makes its chapter's exact check apply again. The JSON records the command, the library and
-torch versions, and how long every row took. For chapters 3 and 4 the weights of each model's median
-seed are saved next to the JSON (``torch.load(..., weights_only=True)`` reads them back).
+machine reproduces now: re-running a sweep here makes its chapter's exact check apply again. The
+JSON records the command, the library and torch versions, and how long every row took. For chapters
+3, 4 and 5 the weights of each model's median seed are saved next to the JSON as checkpoints
+(:func:`memorylib.checkpoint.load_model` reads them back).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import re
 import sys
 import time
@@ -40,20 +40,19 @@ reproducible.apply()      # as conftest.py: the book's thread count, before torc
 
 import torch  # noqa: E402
 
-import memorylib  # noqa: E402
 from memorylib.analysis import slot_statistics  # noqa: E402
+from memorylib.capstone import CHANGING_SHORT, LOOKUP_SHORT  # noqa: E402
+from memorylib.checkpoint import save_checkpoint  # noqa: E402
 from memorylib.experiments import run  # noqa: E402
+from memorylib.knobs import memory_size  # noqa: E402
 from memorylib.models import SlotMemoryModel  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
 from memorylib.tasks import TaskMixture  # noqa: E402
 from memorylib.training import evaluate  # noqa: E402
-from memorylib.widgets import memory_size  # noqa: E402
 
 # --- what each chapter sweeps (the chapters build the same tasks and check them against these) ---
 
-LOOKUP_SHORT = ("associative_lookup", dict(seq_len=48, num_pairs=4, num_queries=4, min_distance=18))
-CHANGING_SHORT = ("changing_facts", dict(seq_len=84, num_active_keys=3, updates_per_phase=6,
-                                         queries_per_phase=2, num_phases=2, min_distance=18))
+# the short training tasks of chapters 2-8 (one definition, shared with the capstone)
 
 CH02 = {
     "out": "book/results/ch02_slot_memory.json",
@@ -153,6 +152,20 @@ def build_tasks(spec: dict) -> tuple:
     return train_task, evals, pre
 
 
+def save_weights(spec: dict, label: str, model: str, kwargs: dict, task_entry: tuple, seed: int, net, path,
+                 stage: int | None = None) -> None:
+    """Keep a trained row's weights as a checkpoint (:func:`memorylib.checkpoint.save_checkpoint`:
+    ``load_model(path)`` rebuilds the model). ``stage=1``: the weights after the first stage of a
+    two-stage recipe, trained on ``task_entry`` (the spec's ``pretrain`` task)."""
+    if stage == 1:
+        recipe = {"stage": 1, "steps": spec["pretrain"]["steps"], "lr": spec["pretrain"]["lr"], "warmup": 50}
+    else:
+        recipe = {"steps": spec["steps"], "lr": spec["lr"], "warmup": spec["warmup"], "pretrain": spec["pretrain"]}
+    save_checkpoint(path, model=model, model_kwargs=kwargs, task=task_entry[0], task_kwargs=task_entry[1], seed=seed,
+                    net=net, train_config={"sweep": spec["out"], "label": label, "batch_size": spec["batch_size"],
+                                           **recipe})
+
+
 def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
     torch.set_num_threads(reproducible.THREADS)
     torch.use_deterministic_algorithms(True)
@@ -197,13 +210,11 @@ def sweep(spec: dict, seeds: list[int], num_examples: int = 512) -> dict:
             result, net = trained[(len(trained) - 1) // 2]
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             path = ckpt_dir / (re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") + ".pt")
-            torch.save(net.state_dict(), path)
+            save_weights(spec, label, model, kwargs, own_task[0] if own_task else spec["train_task"], result["seed"],
+                         net, path)
             result["checkpoint"] = str(path.relative_to(ROOT))
     return {
-        "command": "python experiments/slot_sweeps.py " + " ".join(sys.argv[1:]),
-        "memorylib": memorylib.__version__, "torch": torch.__version__.split("+")[0],
-        "python": platform.python_version(), "threads": torch.get_num_threads(), "numeric_env": reproducible.NUMERIC_ENV,
-        "fingerprint": reproducible.fingerprint(),
+        **reproducible.provenance("python experiments/slot_sweeps.py " + " ".join(sys.argv[1:])),
         "seeds": seeds, "num_examples": num_examples,
         "train_task": train_task.config(), "eval_tasks": {n: t.config() for n, t in evals.items()},
         "steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"], "warmup": spec["warmup"],
@@ -233,11 +244,11 @@ def first_stage(spec: dict, seeds: list[int]) -> None:
                           lr=pre["lr"], warmup=50, model_kwargs=kwargs, return_model=True)
         row = next(r for r in stored["rows"] if r["label"] == label and r["seed"] == seed)
         same = result["history"] == row["pretrain_history"]
-        torch.save(net.state_dict(), ckpt_dir / f"stage1_seed{seed}.pt")
-        info = {"command": "python experiments/slot_sweeps.py " + " ".join(sys.argv[1:]),
+        save_weights(spec, label, model, kwargs, spec["pretrain"]["task"], seed, net,
+                     ckpt_dir / f"stage1_seed{seed}.pt", stage=1)
+        info = {**reproducible.provenance("python experiments/slot_sweeps.py " + " ".join(sys.argv[1:])),
                 "label": label, "seed": seed, "pretrain": stored["pretrain"], "batch_size": spec["batch_size"],
-                "torch": torch.__version__.split("+")[0], "numeric_env": reproducible.NUMERIC_ENV,
-                "fingerprint": reproducible.fingerprint(), "history": result["history"], "history_equals_sweep": same,
+                "history": result["history"], "history_equals_sweep": same,
                 "seconds": round(time.perf_counter() - t0, 1)}
         (ckpt_dir / f"stage1_seed{seed}.json").write_text(json.dumps(info, indent=1) + "\n")
         print(f"{label} seed {seed}: stage 1 in {info['seconds']} s, history equals the sweep's: {same}", flush=True)

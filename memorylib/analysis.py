@@ -12,14 +12,14 @@ import math
 
 import torch
 
-from .slot_memory import slot_usage_entropy
-from .stats import wilson_interval
 from .checks import check_int
 from .knobs import eval_mode
+from .slot_memory import slot_usage_entropy
+from .stats import wilson_interval
 from .tasks import CELL, TokenLayout, derive_seed, make_generator
 
 
-def _r(x) -> float:
+def _round(x) -> float:
     return round(float(x), 4)
 
 
@@ -88,11 +88,11 @@ def slot_statistics(trace: dict) -> dict:
     share = write.reshape(-1, S).sum(0)
     share = share / share.sum().clamp_min(1e-12)
     return {
-        "write_entropy": _r(slot_usage_entropy(write)),
-        "read_entropy": _r(read_entropy),
-        "mean_lifetime": _r(mean_lifetime),
-        "writes_per_token": _r(write.sum(-1).mean()),
-        "write_share": [_r(x) for x in share],
+        "write_entropy": _round(slot_usage_entropy(write)),
+        "read_entropy": _round(read_entropy),
+        "mean_lifetime": _round(mean_lifetime),
+        "writes_per_token": _round(write.sum(-1).mean()),
+        "write_share": [_round(x) for x in share],
     }
 
 
@@ -204,7 +204,7 @@ def survival(model, task, num_examples: int = 256, seed: int = 0, batch_size: in
         for k_, n_ in zip(hits[status].tolist(), counts[status].tolist()):
             lo, hi = wilson_interval(k_, n_) if n_ else (0.0, 0.0)
             for key, value in zip(part, (k_ / n_ if n_ else 0.0, n_, lo, hi)):
-                part[key].append(value if key == "n" else _r(value))
+                part[key].append(value if key == "n" else _round(value))
         out[status] = part
     return out
 
@@ -270,4 +270,5 @@ def write_by_role(model, task, num_examples: int = 256, seed: int = 0, batch_siz
             sums += torch.bincount(roles[keep], weights=write[keep].double(), minlength=len(ROLES))
             counts += torch.bincount(roles[keep], minlength=len(ROLES))
             done += n
-    return {role: {"mean": _r(sums[i] / counts[i]), "n": int(counts[i])} for i, role in enumerate(ROLES) if counts[i] > 0}
+    return {role: {"mean": _round(sums[i] / counts[i]), "n": int(counts[i])}
+            for i, role in enumerate(ROLES) if counts[i] > 0}

@@ -16,18 +16,15 @@ learning rate 3e-3 (chapter 5 found 1e-2 too high for them), every other model a
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from . import __version__, reproducible
+from . import reproducible
+from .checkpoint import save_checkpoint
 from .experiments import run
+from .files import atomic_write, atomic_write_text
 from .registry import build_task
+from .stats import describe
 
 LOOKUP_SHORT = ("associative_lookup", dict(seq_len=48, num_pairs=4, num_queries=4, min_distance=18))
 CHANGING_SHORT = ("changing_facts", dict(seq_len=84, num_active_keys=3, updates_per_phase=6,
@@ -50,7 +47,8 @@ CAPSTONE = {
         "associative_lookup": {"train": LOOKUP_SHORT, "eval": {"train": None, "default": ("associative_lookup", {})}},
         "changing_facts": {"train": CHANGING_SHORT, "eval": {"train": None, "default": ("changing_facts", {})}},
         "needle_recall": {"train": NEEDLE_SHORT,
-                          "eval": {"train": None, "default": ("needle_recall", dict(seq_len=192, filler="predictable"))}},
+                          "eval": {"train": None,
+                                   "default": ("needle_recall", dict(seq_len=192, filler="predictable"))}},
         "multi_hop": {"train": MULTI_HOP_SHORT, "eval": {"train": None, "default": ("multi_hop", {})}},
     },
     "length_extrapolation": {"from": "associative_lookup", "factors": [1, 2, 4, 8]},
@@ -104,17 +102,13 @@ def summary_table(rows: list[dict], eval_name: str = "default") -> dict:
     values: dict = {}
     for r in rows:
         for name, res in r["eval"].items():
-            label = r["task"] if name == eval_name else (f"length_extrapolation {name}" if name.startswith("x") else None)
+            if name == eval_name:
+                label = r["task"]
+            else:
+                label = f"length_extrapolation {name}" if name.startswith("x") else None
             if label is not None:
                 values.setdefault(r["model"], {}).setdefault(label, []).append(res["accuracy"])
-    out = {}
-    for model, by_task in values.items():
-        out[model] = {}
-        for task, vals in by_task.items():
-            a = np.array(vals, dtype=float)
-            out[model][task] = {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4),
-                                "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "n": int(len(a)),
-                                "values": [round(float(v), 4) for v in vals]}
+    out = {model: {task: describe(vals) for task, vals in by_task.items()} for model, by_task in values.items()}
     return out
 
 
@@ -136,7 +130,7 @@ def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> 
         return                                  # the seeds ran in a sitting that did not keep weights
     final = checkpoint_path(out, model, task)
     final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(staged, final)
+    atomic_write(final, lambda f: f.write(staged.read_bytes()))     # never a half-copied checkpoint
     for r in rows:
         r["checkpoint"] = str(final.name) if r is median else None
 
@@ -163,9 +157,8 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
                              "or write to another file")
     if record is None:
         record = {"spec": spec_record, "rows": [], "seconds": 0.0}
-    record.update(command=command or f"memorylib sweep --preset {spec['name']}", memorylib=__version__,
-                  torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
-                  pinned_arithmetic=reproducible.is_reference(), fingerprint=reproducible.fingerprint())
+    record.pop("pinned_arithmetic", None)             # the old spelling of numeric_env
+    record.update(reproducible.provenance(command or f"memorylib sweep --preset {spec['name']}"))
     done = {_key(r) for r in record["rows"]}
     extra = spec.get("length_extrapolation")
     todo = [(m, t, s) for m in models or spec["models"] for t in tasks or spec["tasks"] for s in seeds or spec["seeds"]
@@ -190,17 +183,15 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
         if model in keep.get("models", []) and task_name in keep.get("tasks", []):
             staged = out.with_suffix(".seeds") / f"{model}__{task_name}__s{seed}.pt"
             staged.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"format_version": 1, "model": model, "model_kwargs": dict(spec.get("model_kwargs") or {}),
-                        "task": entry["train"][0], "task_kwargs": dict(entry["train"][1]), "seed": seed,
-                        "state_dict": net.state_dict(), "memorylib_version": __version__,
-                        "train_config": {"sweep": spec["name"], "steps": spec["steps"], "batch_size": spec["batch_size"],
-                                         "lr": learning_rate(spec, model), "warmup": spec["warmup"]}}, staged)
+            save_checkpoint(staged, model=model, model_kwargs=spec.get("model_kwargs"), task=entry["train"][0],
+                            task_kwargs=entry["train"][1], seed=seed, net=net,
+                            train_config={"sweep": spec["name"], "steps": spec["steps"],
+                                          "batch_size": spec["batch_size"], "lr": learning_rate(spec, model),
+                                          "warmup": spec["warmup"]})
             _keep_median(out, record, model, task_name, spec)
         record["seconds"] = round(record["seconds"] + result["seconds"], 1)
         record["table"] = summary_table(record["rows"])
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, out)          # a stopped sweep never leaves a half-written file
+        atomic_write_text(out, json.dumps(record, indent=1) + "\n")   # a stopped sweep never leaves half a file
         acc = result["eval"]["default"]["accuracy"]
         log(f"{model:18s} {task_name:20s} seed {seed}: default {acc:.3f}  ({result['seconds']} s)")
     return record

@@ -40,11 +40,13 @@ def _none(allow_none) -> str:
 
 def check_int(name: str, value, low: int, high: int | None = None, *, allow_none: bool = False):
     """``value`` if it is an int in ``[low, high]`` (``high=None``: no upper bound; ``allow_none``:
-    None passes too; a string says what None means, e.g. ``"learned"``), else a ``ValueError``: ``"{name} must be an int >= {low}, got {value!r}"``."""
+    None passes too; a string says what None means, e.g. ``"learned"``), else a ``ValueError``:
+    ``"{name} must be an int >= {low}, got {value!r}"``."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {_none(allow_none)}an int {_interval(low, high, False, False)}, got {value!r}")
+        allowed = _interval(low, high, False, False)
+        raise ValueError(f"{name} must be {_none(allow_none)}an int {allowed}, got {value!r}")
     return value
 
 

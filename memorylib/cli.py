@@ -23,9 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-CHECKPOINT_VERSION = 1
-"""Version of the checkpoint dict written by ``train``; ``eval`` and ``demo`` read this one and older."""
-CHECKPOINT_KEYS = ("format_version", "model", "model_kwargs", "task", "task_kwargs", "seed", "state_dict")
 RUN_FORMAT, EVAL_FORMAT = "memorylib-run", "memorylib-eval"
 LOG_EVERY = 25          # training history points, as in memorylib.experiments.run
 EVAL_BATCH = 32         # evaluate()'s batch size: demo draws its sequence the same way
@@ -134,68 +131,22 @@ def _check_vocab(model, task, model_name: str, task_name: str) -> None:
 
 
 def read_checkpoint(path) -> dict:
-    """Read a checkpoint written by ``memorylib train`` with ``torch.load(weights_only=True)`` and
-    check that it is one; any other file gives a :class:`CLIError` that says why."""
-    import torch
+    """:func:`memorylib.checkpoint.read_checkpoint`, its errors as :class:`CLIError`."""
+    from .checkpoint import read_checkpoint as read
 
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"checkpoint {str(path)!r} does not exist")
-    if not p.is_file():
-        raise CLIError(f"checkpoint {str(path)!r} is not a file")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - whatever torch fails with, the file is not ours
-        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: torch.load(weights_only=True) "
-                       f"cannot read it ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict):
-        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: it holds a {type(ckpt).__name__}, "
-                       "not a dict")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        has = ", ".join(map(str, list(ckpt)[:8])) or "none"
-        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: it lacks {', '.join(missing)} "
-                       f"(its keys: {has})")
-    version = ckpt["format_version"]
-    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise CLIError(f"{str(path)!r} has checkpoint format_version={version!r}; this memorylib reads "
-                       f"1 to {CHECKPOINT_VERSION}")
-    for key, kind in (("model", str), ("task", str), ("model_kwargs", dict), ("task_kwargs", dict),
-                      ("seed", int), ("state_dict", dict)):
-        if not isinstance(ckpt[key], kind):
-            raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: {key} is a "
-                           f"{type(ckpt[key]).__name__}, not a {kind.__name__}")
-    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
-        raise CLIError(f"{str(path)!r} is not a memorylib checkpoint: its state_dict holds values "
-                       "that are not tensors")
-    return ckpt
-
-
-def _few(items: list, n: int = 3) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+        return read(path)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _load_weights(model, state_dict: dict, path, name: str, kwargs: dict) -> None:
-    own = model.state_dict()
-    problems = []
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if shapes:
-        problems.append(f"shapes differ for {_few(shapes)}")
-    if not problems:
-        try:
-            model.load_state_dict(state_dict)
-        except (RuntimeError, ValueError) as err:
-            problems.append(_one_line(err, 200))
-    if problems:
-        raise CLIError(f"the weights in {str(path)!r} do not fit model {name!r} with {_fmt(kwargs)}: "
-                       + "; ".join(problems))
+    from .checkpoint import load_weights
+
+    try:
+        load_weights(model, state_dict, path, name, kwargs)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _model_from_args(args) -> tuple:
@@ -289,7 +240,9 @@ def _versions() -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    from .files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _add_model_source(p) -> None:
@@ -340,7 +293,8 @@ def _train(args, argv: list) -> int:
     """
     import torch
 
-    from . import __version__, reproducible
+    from . import reproducible
+    from .checkpoint import save_checkpoint
     from .training import train
 
     model_kwargs = _kwargs(args.model_arg, "--model-arg")
@@ -369,11 +323,11 @@ def _train(args, argv: list) -> int:
               "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "eval_examples": args.eval_examples}
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = {"format_version": CHECKPOINT_VERSION, "model": args.model, "model_kwargs": model_kwargs,
-                  "task": args.task, "task_kwargs": task_kwargs, "seed": args.seed,
-                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                  "train_config": config, "memorylib_version": __version__}
-    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    try:
+        save_checkpoint(run_dir / "checkpoint.pt", model=args.model, model_kwargs=model_kwargs, task=args.task,
+                        task_kwargs=task_kwargs, seed=args.seed, net=model, train_config=config)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     command = ["memorylib", *argv]
     _write_json(run_dir / "config.json", {**config, "command": command})
     metrics = {"format": RUN_FORMAT, "format_version": 1, "name": name, **config,
@@ -382,8 +336,7 @@ def _train(args, argv: list) -> int:
                "history": fit["history"], "eval": evals,
                "timings": {"train_s": round(trained - start, 2), "eval_s": round(done - trained, 2),
                            "total_s": round(done - start, 2)},
-               "command": command, "versions": _versions(),
-               "numerics": {"threads": torch.get_num_threads(), "reference_environment": reproducible.is_reference()},
+               "command": command, "versions": _versions(), "provenance": reproducible.provenance(),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_json(run_dir / "metrics.json", metrics)
     print(results_table(evals))
@@ -445,65 +398,9 @@ def _is_result(r) -> bool:
     return isinstance(r, dict) and all(k in r for k in ("accuracy", "ci", "chance"))
 
 
-def run_figure(metrics: dict):
-    """Training curves (loss and accuracy at answers) and held-out accuracy by distance, side by
-    side, from a run's ``metrics.json`` (or any :func:`~memorylib.experiments.run` result)."""
-    from plotly.subplots import make_subplots
-
-    from .figures import TEMPLATE, accuracy_by_distance_figure, training_curves_figure
-
-    label = metrics.get("model", "model")
-    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
-                        subplot_titles=("training loss at answers", "training accuracy at answers",
-                                        "held-out accuracy by distance"))
-    for trace in training_curves_figure({label: metrics}).data:
-        fig.add_trace(trace, row=1, col=1 if trace.xaxis in (None, "x") else 2)
-    evals = {k: r for k, r in metrics["eval"].items() if isinstance(r, dict) and "by_distance" in r}
-    for trace in accuracy_by_distance_figure(evals).data:
-        fig.add_trace(trace, row=1, col=3)
-    chances = [r["chance"] for r in evals.values() if r.get("chance") is not None]
-    if chances:
-        fig.add_hline(y=min(chances), line={"dash": "dash", "color": "#888"}, row=1, col=3,
-                      annotation_text="chance", annotation_position="bottom right")
-    title = f"{label} on {metrics['task']}" if "task" in metrics else label
-    if "seed" in metrics and "steps" in metrics:
-        title += f", seed {metrics['seed']}, {metrics['steps']} steps"
-    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.22})
-    fig.update_xaxes(title_text="step", row=1, col=1)
-    fig.update_xaxes(title_text="step", row=1, col=2)
-    fig.update_xaxes(title_text="distance to the evidence (tokens)", row=1, col=3)
-    fig.update_yaxes(range=[-0.02, 1.05], row=1, col=2)
-    fig.update_yaxes(range=[-0.02, 1.05], row=1, col=3)
-    return fig
-
-
-def eval_figure(results: dict[str, dict], title: str | None = None):
-    """Held-out accuracy per task, a bar with its 95 % interval, and chance as a tick."""
-    import plotly.graph_objects as go
-
-    from .figures import PALETTE, TEMPLATE
-
-    labels = list(results)
-    acc = [r["accuracy"] for r in results.values()]
-    fig = go.Figure()
-    fig.add_trace(go.Bar(
-        x=labels, y=acc, name="accuracy", marker={"color": PALETTE[0], "opacity": 0.7},
-        error_y={"type": "data", "symmetric": False,
-                 "array": [round(r["ci"][1] - r["accuracy"], 4) for r in results.values()],
-                 "arrayminus": [round(r["accuracy"] - r["ci"][0], 4) for r in results.values()]},
-        customdata=[[r["ci"][0], r["ci"][1], r.get("num_answers")] for r in results.values()],
-        hovertemplate="%{x}<br>accuracy %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                      "<br>n=%{customdata[2]} answers<extra></extra>"))
-    fig.add_trace(go.Scatter(x=labels, y=[r["chance"] for r in results.values()], mode="markers", name="chance",
-                             marker={"symbol": "line-ew-open", "size": 28, "color": "#555",
-                                     "line": {"width": 2}}))
-    fig.update_layout(template=TEMPLATE, title=title, height=380,
-                      yaxis={"title": "held-out answer accuracy (95% CI)", "range": [0, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
-
-
 def _figure_from_json(path: str):
+    from .figures import eval_figure, run_figure
+
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"{path!r} does not exist" if not p.exists() else f"{path!r} is not a file")

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from .registry import build_model
 from .checks import check_int
+from .registry import build_model
 from .training import evaluate, train
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from .registry import build_model
+from .stats import describe
 from .training import evaluate, train
 
 
@@ -66,9 +66,6 @@ def run(model: str, task, *, seed: int = 0, steps: int = 300, batch_size: int = 
 def summarize(rows: list[dict], metric: str, eval_name: str) -> dict:
     """Mean, sample standard deviation, min and max of ``row["eval"][eval_name][metric]`` over
     rows (e.g. seeds); ``n`` rows. Numbers rounded to 4 digits."""
-    values = np.array([r["eval"][eval_name][metric] for r in rows], dtype=float)
-    if len(values) == 0:
+    if not rows:
         raise ValueError("summarize needs at least one row")
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": round(float(values.mean()), 4), "std": round(std, 4), "min": round(float(values.min()), 4),
-            "max": round(float(values.max()), 4), "n": int(len(values)), "values": [round(float(v), 4) for v in values]}
+    return describe(r["eval"][eval_name][metric] for r in rows)

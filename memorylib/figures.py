@@ -16,7 +16,7 @@ TEMPLATE = "plotly_white"
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 # token roles in token_figure, in colour order
-ROLES = ["filler", "SET", "ASK", "key", "value", "scored key", "answer", "evidence"]
+STRIP_ROLES = ["filler", "SET", "ASK", "key", "value", "scored key", "answer", "evidence"]
 ROLE_COLOURS = ["#f2f2f2", "#c7d9ee", "#f6d0b1", "#9ecae1", "#a1d99b", "#fd8d3c", "#e6550d", "#31a354"]
 
 
@@ -54,14 +54,14 @@ def token_figure(batch: Batch, index: int = 0, layout: TokenLayout | None = None
         text.append([layout.label(t) for t in tokens[sl]] + [""] * pad)
         hover.append([f"position {r * row_len + i}: {layout.label(t)} (id {t}){hover_extra[r * row_len + i]}"
                       for i, t in enumerate(tokens[sl])] + [""] * pad)
-    n = len(ROLES)
+    n = len(STRIP_ROLES)
     scale = []
     for i, c in enumerate(ROLE_COLOURS):
         scale += [[i / n, c], [(i + 1) / n, c]]
     fig = go.Figure(go.Heatmap(
         z=z, text=text, texttemplate="%{text}", textfont={"size": 10}, hovertext=hover,
         hoverinfo="text", colorscale=scale, zmin=-0.5, zmax=n - 0.5, xgap=1, ygap=1,
-        colorbar={"tickvals": list(range(n)), "ticktext": ROLES, "title": "role"}))
+        colorbar={"tickvals": list(range(n)), "ticktext": STRIP_ROLES, "title": "role"}))
     fig.update_layout(template=TEMPLATE, title=title, height=60 + 26 * rows,
                       margin={"l": 50, "r": 20, "t": 40 if title else 10, "b": 20},
                       xaxis={"showticklabels": False, "showgrid": False},
@@ -248,7 +248,8 @@ def slot_heatmap_figure(trace: dict, tokens, index: int = 0, layout: TokenLayout
                                  hovertemplate=f"position %{{x}}: %{{customdata}}<br>slot %{{y}} {what}: "
                                                "%{z:.3f}<extra></extra>"),
                       row=row, col=1)
-    for i, (key, name) in enumerate((("write_gate", "write gate"), ("erase", "erase gate"), ("read_gate", "read gate"))):
+    gates = (("write_gate", "write gate"), ("erase", "erase gate"), ("read_gate", "read gate"))
+    for i, (key, name) in enumerate(gates):
         fig.add_trace(go.Scatter(x=pos, y=_r(trace[key][index]), customdata=names, name=name, mode="lines",
                                  line={"color": PALETTE[i], "width": 1.5},
                                  hovertemplate=f"position %{{x}}: %{{customdata}}<br>{name} %{{y:.3f}}<extra></extra>"),
@@ -322,7 +323,8 @@ def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
             fig.add_trace(go.Bar(x=[name], y=[round(float(vals.mean()), 4)], marker={"color": colour, "opacity": 0.55},
                                  error_y={"type": "data", "array": [round(std, 4)]}, name=name, legendgroup=name,
                                  showlegend=col == 1,
-                                 hovertemplate=f"{name}<br>{metric}: mean %{{y:.3f}} ± {std:.3f} (n={len(vals)})<extra></extra>"),
+                                 hovertemplate=f"{name}<br>{metric}: mean %{{y:.3f}} ± {std:.3f} "
+                                               f"(n={len(vals)})<extra></extra>"),
                           row=1, col=col)
             fig.add_trace(go.Scatter(x=[name] * len(vals), y=_r(vals, 4), mode="markers", showlegend=False,
                                      marker={"color": colour, "size": 7, "line": {"color": "white", "width": 1}},
@@ -427,7 +429,8 @@ def surprise_trace_figure(traces: dict[str, dict], tokens: dict, index: int = 0,
             fig.add_trace(go.Scatter(x=pos, y=_r(tr[key][index]), customdata=labels, name=label, mode="lines",
                                      line={"color": colour, "width": 1.5, "dash": dash}, legendgroup=label,
                                      showlegend=row == 1,
-                                     hovertemplate=f"position %{{x}}: %{{customdata}}<br>{label} %{{y:.3f}}<extra></extra>"),
+                                     hovertemplate=f"position %{{x}}: %{{customdata}}<br>{label} "
+                                                   "%{y:.3f}<extra></extra>"),
                           row=row, col=1)
         for p, t in enumerate(toks):
             if t in (layout.SET, layout.ASK) and p + 2 < len(toks):
@@ -528,8 +531,8 @@ def recall_by_age_figure(curves: dict, parameter: str = "retention",
             fig.add_trace(go.Scatter(x=list(range(len(by_age))), y=_r(by_age, 3), name=name, mode="lines",
                                      line={"color": PALETTE[i % len(PALETTE)]}, visible=j == 0,
                                      legendgroup=name, showlegend=True,
-                                     hovertemplate=f"{name}, {parameter} {value}<br>written %{{x}} pairs before the end: "
-                                                   "recall %{y:.2f}<extra></extra>"))
+                                     hovertemplate=f"{name}, {parameter} {value}<br>written %{{x}} pairs "
+                                                   "before the end: recall %{y:.2f}<extra></extra>"))
     steps = [{"method": "update", "label": str(value),
               "args": [{"visible": [k // len(names) == j for k in range(len(values) * len(names))]}]}
              for j, value in enumerate(values)]
@@ -615,7 +618,7 @@ def drift_figure(errors: dict[str, dict], threshold: float | None = 1.0, cap: fl
     and one line per learning rate. Introduced in chapter 6.
 
     errors: ``{panel: {learning rate: {chunk size: relative error}}}`` (from
-    ``memorylib.chunked.minibatch_drift``; ``inf`` or above ``cap`` percent is drawn as a cross
+    ``memorylib.chunk_study.minibatch_drift``; ``inf`` or above ``cap`` percent is drawn as a cross
     at ``cap``, "diverged"); threshold: a dashed line at that many percent; notes: ``{panel:
     text}`` added under a panel's title."""
     if not errors:
@@ -687,7 +690,8 @@ def _tradeoff_traces(table: dict, chunk: int, profile: tuple | None, cap: float)
         positions, values = profile
         out.append((go.Scatter(x=list(positions), y=[_percent(v / 100, cap) for v in values], mode="lines",
                                name=f"chunk {chunk}", showlegend=False, line={"color": PALETTE[1], "width": 2},
-                               hovertemplate=f"chunk {chunk}<br>tokens from %{{x}}: drift %{{y:.3g}} %<extra></extra>"), 2))
+                               hovertemplate=f"chunk {chunk}<br>tokens from %{{x}}: drift "
+                                             "%{y:.3g} %<extra></extra>"), 2))
     return out, table[chunk]
 
 
@@ -723,7 +727,7 @@ def chunk_tradeoff_figure(table: dict, chunk: int, profile: tuple | None = None,
 
     table: ``{chunk size: {"us_per_token": µs, "error": relative error}}`` (the grey curve, left);
     profile: ``(positions, drift in percent)`` of the highlighted chunk size along the stream
-    (right; ``memorylib.chunked.drift_profile``); baseline_us: the token-by-token time per token,
+    (right; ``memorylib.chunk_study.drift_profile``); baseline_us: the token-by-token time per token,
     for the speed-up in the title. Errors above ``cap`` percent or not finite are drawn at ``cap``
     (diverged); ``lowest`` is the bottom of the error axis, in percent."""
     if chunk not in table:
@@ -868,7 +872,8 @@ def forgetting_figure(results: dict, title: str = "Tasks one after another: lear
                                      line={"color": PALETTE[i % len(PALETTE)]}, legendgroup=task, showlegend=c == 0,
                                      hovertemplate=f"{m}: {task}<br>after %{{x}} updates: %{{y:.3f}}<extra></extra>"),
                           row=1, col=c + 1)
-        for p in range(1, len(phases), 2):        # every other phase shaded (after the traces: plotly skips empty panels)
+        # every other phase shaded (after the traces: plotly skips empty panels)
+        for p in range(1, len(phases), 2):
             fig.add_vrect(x0=p * per_phase, x1=(p + 1) * per_phase, fillcolor="#eee", line_width=0,
                           layer="below", row=1, col=c + 1)
         fig.update_xaxes(title="updates", row=1, col=c + 1)
@@ -878,7 +883,8 @@ def forgetting_figure(results: dict, title: str = "Tasks one after another: lear
     return fig
 
 
-def dashboard_figure(results: dict, active=None, title: str = "The full model, one mechanism off at a time") -> go.Figure:
+def dashboard_figure(results: dict, active=None,
+                     title: str = "The full model, one mechanism off at a time") -> go.Figure:
     """Bars of held-out accuracy (with its interval) per task, one colour per model variant, and a
     slider over the sidecar's capacity ``K``. Works in a static page with no kernel.
     results: ``{label: {K: {task: evaluate(...) result}}}`` (:func:`memorylib.widgets.dashboard_results`).
@@ -906,8 +912,8 @@ def dashboard_figure(results: dict, active=None, title: str = "The full model, o
     layout = dict(template=TEMPLATE, title=title, height=420, barmode="group",
                   yaxis={"title": "held-out accuracy", "range": [0, 1.05]}, legend={"orientation": "h", "y": 1.12})
     if len(capacities) > 1:
-        layout["sliders"] = [{"active": active_index, "steps": steps, "currentvalue": {"prefix": "sidecar capacity K: "},
-                              "pad": {"t": 40}}]
+        layout["sliders"] = [{"active": active_index, "steps": steps,
+                              "currentvalue": {"prefix": "sidecar capacity K: "}, "pad": {"t": 40}}]
     fig.update_layout(**layout)
     return fig
 
@@ -945,11 +951,65 @@ def lifetime_figure(curves: dict, x_title: str = "tokens since it was cached",
     fig = go.Figure()
     for i, (name, c) in enumerate(curves.items()):
         if len(c["time"]) != len(c["alive"]):
-            raise ValueError(f"{name}: time and alive must have the same length, got {len(c['time'])} and {len(c['alive'])}")
+            raise ValueError(f"{name}: time and alive must have the same length, got {len(c['time'])} and "
+                             f"{len(c['alive'])}")
         fig.add_trace(go.Scatter(x=list(c["time"]), y=_r(c["alive"], 4), name=f"{name} (n={c['n']})", mode="lines",
                                  line={"color": PALETTE[i % len(PALETTE)], "shape": "hv"},
                                  hovertemplate=f"{name}<br>after %{{x}} tokens: %{{y:.3f}} still kept<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=title, height=380, xaxis={"title": x_title},
                       yaxis={"title": "fraction still kept", "range": [-0.02, 1.05]},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+# --- the command line (memorylib plot) ---------------------------------------------------------
+
+
+def run_figure(metrics: dict):
+    """Training curves (loss and accuracy at answers) and held-out accuracy by distance, side by
+    side, from a run's ``metrics.json`` (or any :func:`~memorylib.experiments.run` result)."""
+    label = metrics.get("model", "model")
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
+                        subplot_titles=("training loss at answers", "training accuracy at answers",
+                                        "held-out accuracy by distance"))
+    for trace in training_curves_figure({label: metrics}).data:
+        fig.add_trace(trace, row=1, col=1 if trace.xaxis in (None, "x") else 2)
+    evals = {k: r for k, r in metrics["eval"].items() if isinstance(r, dict) and "by_distance" in r}
+    for trace in accuracy_by_distance_figure(evals).data:
+        fig.add_trace(trace, row=1, col=3)
+    chances = [r["chance"] for r in evals.values() if r.get("chance") is not None]
+    if chances:
+        fig.add_hline(y=min(chances), line={"dash": "dash", "color": "#888"}, row=1, col=3,
+                      annotation_text="chance", annotation_position="bottom right")
+    title = f"{label} on {metrics['task']}" if "task" in metrics else label
+    if "seed" in metrics and "steps" in metrics:
+        title += f", seed {metrics['seed']}, {metrics['steps']} steps"
+    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.22})
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_xaxes(title_text="step", row=1, col=2)
+    fig.update_xaxes(title_text="distance to the evidence (tokens)", row=1, col=3)
+    fig.update_yaxes(range=[-0.02, 1.05], row=1, col=2)
+    fig.update_yaxes(range=[-0.02, 1.05], row=1, col=3)
+    return fig
+
+
+def eval_figure(results: dict[str, dict], title: str | None = None):
+    """Held-out accuracy per task, a bar with its 95 % interval, and chance as a tick."""
+    labels = list(results)
+    acc = [r["accuracy"] for r in results.values()]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(
+        x=labels, y=acc, name="accuracy", marker={"color": PALETTE[0], "opacity": 0.7},
+        error_y={"type": "data", "symmetric": False,
+                 "array": [round(r["ci"][1] - r["accuracy"], 4) for r in results.values()],
+                 "arrayminus": [round(r["accuracy"] - r["ci"][0], 4) for r in results.values()]},
+        customdata=[[r["ci"][0], r["ci"][1], r.get("num_answers")] for r in results.values()],
+        hovertemplate="%{x}<br>accuracy %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                      "<br>n=%{customdata[2]} answers<extra></extra>"))
+    fig.add_trace(go.Scatter(x=labels, y=[r["chance"] for r in results.values()], mode="markers", name="chance",
+                             marker={"symbol": "line-ew-open", "size": 28, "color": "#555",
+                                     "line": {"width": 2}}))
+    fig.update_layout(template=TEMPLATE, title=title, height=380,
+                      yaxis={"title": "held-out answer accuracy (95% CI)", "range": [0, 1.05]},
                       legend={"orientation": "h", "y": -0.25})
     return fig

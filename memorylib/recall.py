@@ -24,10 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import check_int
 from .delta_rule import delta_rule
 from .sidecar import sidecar_attention
 from .stats import wilson_interval
-from .checks import check_int
 from .ttt import MLPMemoryState, mlp_apply, mlp_memory, mlp_memory_reference
 
 RECALL_KINDS = ("delta", "additive", "mlp")

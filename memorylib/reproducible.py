@@ -104,6 +104,24 @@ def fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def provenance(command: str | None = None) -> dict:
+    """The header of every record the book writes (sweeps, runs, the needle and continual
+    experiments): the ``command`` that wrote it (when given), the memorylib, torch and Python
+    versions, the thread count, the numerical variables in force (``numeric_env``: their values in
+    this process, None where unset) and the :func:`fingerprint`."""
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    head = {} if command is None else {"command": command}
+    names = sorted(set(NUMERIC_ENV) | set(FOREIGN_ENV))
+    return {**head, "memorylib": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "numeric_env": {k: os.environ.get(k) for k in names},
+            "fingerprint": fingerprint()}
+
+
 def chapter_record(notebook) -> dict:
     """The ``memorylib`` metadata of a committed chapter notebook: ``tools/execute_chapters.py``
     records there the fingerprint its outputs were produced with. A chapter passes it to

@@ -88,3 +88,14 @@ def kaplan_meier(durations, censored, times) -> list[float]:
                 break
         curve.append(round(s, 4))
     return curve
+
+
+def describe(values) -> dict:
+    """``{"mean", "std", "min", "max", "n", "values"}`` of a list of numbers (e.g. one accuracy per
+    seed): the sample standard deviation (0 for one value), every number rounded to 4 digits."""
+    a = np.array(list(values), dtype=float)
+    if len(a) == 0:
+        raise ValueError("describe needs at least one value")
+    std = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return {"mean": round(float(a.mean()), 4), "std": round(std, 4), "min": round(float(a.min()), 4),
+            "max": round(float(a.max()), 4), "n": int(len(a)), "values": [round(float(v), 4) for v in a]}

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .stats import wilson_interval
 from .checks import check_int
 from .knobs import eval_mode
+from .stats import wilson_interval
 from .tasks import CELL, DEFAULT_MIN_DISTANCE, TokenLayout, _gap_cells, make_generator
 
 STREAM_MODES = ("needle", "removed", "shuffled", "other_key")

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .stats import bootstrap_interval, wilson_interval
 from .checks import check_int
 from .knobs import eval_mode
+from .stats import bootstrap_interval, wilson_interval
 from .tasks import IGNORE, Batch, LengthExtrapolation, derive_seed, make_generator
 
 
@@ -104,8 +104,9 @@ def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size
     """Run ``model`` on held-out sequences; per-answer arrays for custom analysis.
 
     Batches are small (32) so that a :class:`~memorylib.tasks.TaskMixture`, which draws one task
-    per batch, is evaluated on an even mix. Returns numpy arrays: ``example`` (sequence index), ``distance``, ``correct`` (bool),
-    ``stale`` (the overwritten value or -1), ``predicted``, ``target``, and ``num_examples``.
+    per batch, is evaluated on an even mix. Returns numpy arrays: ``example`` (sequence index),
+    ``distance``, ``correct`` (bool), ``stale`` (the overwritten value or -1), ``predicted``,
+    ``target``, and ``num_examples``.
     """
     check_int("num_examples", num_examples, 1)
     check_int("batch_size", batch_size, 1)

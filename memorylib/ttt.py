@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .delta_rule import decay_products
 from .checks import check_int, check_qkv, check_tensor, check_values
+from .delta_rule import decay_products
 
 
 @dataclass
@@ -233,7 +233,9 @@ def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState
     N = T // C                                                          # full chunks
     outs, pending = [], None
     if N:
-        split = lambda x: None if x is None else x[:, :, :N * C].reshape(B, H, N, C, *x.shape[3:])
+        def split(x):
+            return None if x is None else x[:, :, :N * C].reshape(B, H, N, C, *x.shape[3:])
+
         qs, ks, vs = split(q), split(k), split(v)
         g_all = _gates(split(lr), split(momentum), split(retain))
         coef_qk = g_all["coef"] * (qs @ ks.transpose(-1, -2))           # (B, H, N, C, C)
@@ -246,8 +248,8 @@ def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState
         sl = slice(N * C, T)
         mom, ret = _defaults(lr, momentum, retain)
         g = _gates(lr[:, :, sl], None if momentum is None else mom[:, :, sl], None if retain is None else ret[:, :, sl])
-        out, _ = _chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], g, g["coef"] * (q[:, :, sl] @ k[:, :, sl].transpose(-1, -2)),
-                        w1, w2, s1, s2, update=False)
+        scores = g["coef"] * (q[:, :, sl] @ k[:, :, sl].transpose(-1, -2))
+        out, _ = _chunk(q[:, :, sl], k[:, :, sl], v[:, :, sl], g, scores, w1, w2, s1, s2, update=False)
         outs.append(out)
         pending = {n: x[:, :, sl] for n, x in zip(_PENDING, (k, v, lr, mom, ret))}
     out = torch.cat(outs, dim=2)[:, :, offset:] if outs else v.new_zeros(v.shape)

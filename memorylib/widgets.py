@@ -7,8 +7,8 @@ shows the same effect as a plotly slider over precomputed frames
 
 When no person watches the kernel (:func:`memorylib.book.headless`: ``MEMORYLIB_BOOK=1`` while the
 book's outputs are produced by papermill, nbval and CI, or ``MEMORYLIB_HEADLESS=1`` in CI's run of
-the reader's path) the first drawing is skipped. Headless executors (nbclient, behind papermill and nbval) emulate the Output
-widget's capture of displays themselves, and with ``interactive_output`` that intermittently
+the reader's path) the first drawing is skipped. Headless executors (nbclient, behind papermill and
+nbval) emulate the Output widget's capture of displays themselves, and with ``interactive_output`` that intermittently
 deadlocks: the kernel finishes the cell and the executor waits forever (jupyter/nbclient#312,
 jupyter/nbconvert#1921; it hung this book's CI). The saved widget is then the controls over an
 empty output, which the static book could not redraw anyway.
@@ -16,9 +16,12 @@ empty output, which the static book could not redraw anyway.
 
 from __future__ import annotations
 
+from . import figures
 from .book import headless
 from .figures import accuracy_by_distance_figure
-from .knobs import attention_window, memory_size, sidecar_capacity, surprise_settings  # noqa: F401 (used here; chapters import them from here)
+
+# the knobs are used here, and the chapters import them from here
+from .knobs import attention_window, memory_size, sidecar_capacity, surprise_settings
 from .training import evaluate
 
 
@@ -163,8 +166,6 @@ def surprise_explorer(model, tasks: dict, thresholds=(0.1, 0.3, 0.5, 0.7, 0.9, 0
     book shows the same effect with ``figures.threshold_slider_figure``. Introduced in chapter 4."""
     import torch
 
-    from .figures import surprise_trace_figure
-
     w = _ipywidgets()
     if not tasks:
         raise ValueError("tasks must hold at least one task")
@@ -185,7 +186,7 @@ def surprise_explorer(model, tasks: dict, thresholds=(0.1, 0.3, 0.5, 0.7, 0.9, 0
             accs = {name: evaluate(model, task, num_examples=num_examples, seed=seed)["accuracy"]
                     for name, task in tasks.items()}
         text = ", ".join(f"{name} {a:.3f}" for name, a in accs.items())
-        surprise_trace_figure(traces, {n: b.tokens for n, b in batches.items()}, threshold=thr,
+        figures.surprise_trace_figure(traces, {n: b.tokens for n, b in batches.items()}, threshold=thr,
                               title=f"threshold {thr}, temperature {tmp}: accuracy {text}").show()
 
     out = live_output(draw, {"threshold": slider, "temperature": temp})
@@ -199,7 +200,7 @@ def chunk_size_explorer(stream: dict, learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0)
                         chunk_sizes=(2, 4, 8, 16, 32, 64, 128, 256), chunk_size: int = 16,
                         momentum: float = 0.0, retain: float = 1.0, repeats: int = 3):
     """A slider over the chunk size of the MLP memory and one over its learning rate, on one
-    stream (``memorylib.chunked.unit_stream``). Each setting is run live: the chunked form is
+    stream (``memorylib.chunk_study.unit_stream``). Each setting is run live: the chunked form is
     timed in float32 (median of ``repeats``) and its reads compared with the token-by-token ones
     (float64); ``figures.chunk_tradeoff_figure`` is redrawn with every chunk size measured so far
     at that learning rate and the drift along the stream (``chunked.drift_profile``). The static
@@ -207,9 +208,7 @@ def chunk_size_explorer(stream: dict, learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0)
     Returns an ``ipywidgets.VBox``. Introduced in chapter 6."""
     import math
 
-    from .chunked import drift_profile, relative_error, run_mlp_memory, time_call
-    from .figures import chunk_tradeoff_figure
-
+    from .chunk_study import drift_profile, relative_error, run_mlp_memory, time_call
     w = _ipywidgets()
     if chunk_size not in chunk_sizes or lr not in learning_rates:
         raise ValueError(f"chunk_size must be one of {tuple(chunk_sizes)} and lr one of {tuple(learning_rates)}, "
@@ -241,7 +240,7 @@ def chunk_size_explorer(stream: dict, learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0)
                  for (lr_k, k), (reads, us) in cache.items() if lr_k == x and k is not None}
         reads = cache[(x, c)][0]
         profile = drift_profile(reads, ref) if math.isfinite(table[c]["error"]) else None
-        fig = chunk_tradeoff_figure(table, c, profile, baseline_us=ref_us)
+        fig = figures.chunk_tradeoff_figure(table, c, profile, baseline_us=ref_us)
         fig.update_layout(title=f"learning rate {x}, {fig.layout.title.text or ''} (timed live)")
         fig.show()
 
@@ -274,8 +273,6 @@ def sidecar_explorer(kinds=("delta", "additive"), capacities=(0, 4, 8, 16, 32, 6
     recalls the pairs live (:func:`sidecar_curves`) and redraws
     :func:`~memorylib.figures.sidecar_recall_figure`. The static book shows the same figure with
     precomputed capacities. Returns an ``ipywidgets.VBox``. Introduced in chapter 7."""
-    from .figures import sidecar_recall_figure
-
     w = _ipywidgets()
     if capacity not in capacities:
         raise ValueError(f"capacity must be one of {tuple(capacities)}, got {capacity!r}")
@@ -285,7 +282,8 @@ def sidecar_explorer(kinds=("delta", "additive"), capacities=(0, 4, 8, 16, 32, 6
 
     def draw(K: str, kind: str):
         curves = {int(K): {kind: sidecar_curves(kind, int(K), num_pairs, trials, seed)}}
-        sidecar_recall_figure(list(num_pairs), curves, title=f"{kind} memory with a sidecar of {K} pairs (live)").show()
+        title = f"{kind} memory with a sidecar of {K} pairs (live)"
+        figures.sidecar_recall_figure(list(num_pairs), curves, title=title).show()
 
     out = live_output(draw, {"K": size, "kind": memory})
     return w.VBox([w.HBox([size, memory]), out])
@@ -347,10 +345,9 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
     """Toggle erase, surprise and the sidecar, and slide the sidecar's capacity: each setting picks
     the trained variant with those switches (``models``: ``{label: FullMemoryModel}`` or
     ``{label: {task name: FullMemoryModel}}``; a combination that was not trained says so) and
-    evaluates it live on every task of ``tasks``, drawn by :func:`~memorylib.figures.dashboard_figure`. The static book shows the same figure over
-    precomputed settings. Returns an ``ipywidgets.VBox``. Introduced in chapter 8."""
-    from .figures import dashboard_figure
-
+    evaluates it live on every task of ``tasks``, drawn by :func:`~memorylib.figures.dashboard_figure`.
+    The static book shows the same figure over precomputed settings. Returns an ``ipywidgets.VBox``.
+    Introduced in chapter 8."""
     w = _ipywidgets()
     if capacity not in capacities:
         raise ValueError(f"capacity must be one of {tuple(capacities)}, got {capacity!r}")
@@ -365,15 +362,17 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
     def draw(erase: bool, surprise: bool, sidecar: bool, K: str):
         label = by_switches.get((erase, surprise, sidecar))
         if label is None:
-            trained = ", ".join(f"{lab} ({', '.join(n for n, on in variant_switches(_any_model(models[lab])).items() if not on) or 'all on'} off)"
-                                for lab in models)
+            def off(lab):
+                switches = variant_switches(_any_model(models[lab]))
+                return ", ".join(n for n, on in switches.items() if not on) or "all on"
+            trained = ", ".join(f"{lab} ({off(lab)} off)" for lab in models)
             print(f"no model was trained with erase={erase}, surprise={surprise}, sidecar={sidecar}; "
                   f"the sweep switches off one mechanism at a time: {trained}")
             return
         k = int(K) if sidecar else 0
         if (label, k) not in cache:
             cache[label, k] = dashboard_results({label: models[label]}, tasks, (k,), num_examples, seed)[label][k]
-        dashboard_figure({label: {k: cache[label, k]}}, title=f"{label}, sidecar K={k} (evaluated live)").show()
+        figures.dashboard_figure({label: {k: cache[label, k]}}, title=f"{label}, sidecar K={k} (evaluated live)").show()
 
     out = live_output(draw, {**toggles, "K": size})
     return w.VBox([w.HBox([*toggles.values(), size]), out])

@@ -77,7 +77,8 @@ def test_ablation_dashboard_picks_the_trained_variant_and_says_when_there_is_non
     from memorylib.widgets import ablation_dashboard
 
     drawn = []
-    monkeypatch.setattr(figures, "dashboard_figure", lambda results, title="": drawn.append((results, title)) or go.Figure())
+    monkeypatch.setattr(figures, "dashboard_figure",
+                        lambda results, title="": drawn.append((results, title)) or go.Figure())
     torch.manual_seed(0)
     small = dict(d_model=16, num_heads=2, key_dim=8, value_dim=8, sidecar_dim=8)
     models = {name: build_model(name, **small).eval() for name in ("full_memory", "no_sidecar", "full_no_surprise")}
@@ -92,7 +93,8 @@ def test_ablation_dashboard_picks_the_trained_variant_and_says_when_there_is_non
     assert set(drawn[-1][0]) == {"no_sidecar"} and "K=0" in drawn[-1][1]
     n = len(drawn)
     surprise.value = False                              # sidecar and surprise both off: never trained
-    assert len(drawn) == n and "no model was trained with erase=True, surprise=False, sidecar=False" in capsys.readouterr().out
+    assert (len(drawn) == n
+            and "no model was trained with erase=True, surprise=False, sidecar=False" in capsys.readouterr().out)
     sidecar.value = True
     assert set(drawn[-1][0]) == {"full_no_surprise"}
     with pytest.raises(ValueError, match="capacity must be one of"):
@@ -107,7 +109,8 @@ def test_sidecar_explorer_redraws_the_chosen_memory_and_capacity(monkeypatch):
     from memorylib.widgets import sidecar_explorer
 
     drawn = []
-    monkeypatch.setattr(figures, "sidecar_recall_figure", lambda n, curves, title="": drawn.append((n, curves)) or go.Figure())
+    monkeypatch.setattr(figures, "sidecar_recall_figure",
+                        lambda n, curves, title="": drawn.append((n, curves)) or go.Figure())
     box = sidecar_explorer(capacities=(0, 4), num_pairs=(8, 16), capacity=4, trials=2)
     size, memory = box.children[0].children
     memory.value = "additive"
@@ -123,7 +126,8 @@ def test_kaplan_meier_matches_a_hand_count():
 
     # five items: deaths at 2 and 5, one censored at 3, two still alive (censored) at 10
     durations, censored = [2, 3, 5, 10, 10], [False, True, False, True, True]
-    assert kaplan_meier(durations, censored, [0, 2, 4, 5, 10]) == [1.0, 0.8, 0.8, round(0.8 * 2 / 3, 4), round(0.8 * 2 / 3, 4)]
+    assert kaplan_meier(durations, censored, [0, 2, 4, 5, 10]) == [1.0, 0.8, 0.8, round(0.8 * 2 / 3, 4),
+                                                                   round(0.8 * 2 / 3, 4)]
     assert kaplan_meier([1, 1], [True, True], [5]) == [1.0]          # nothing died
     with pytest.raises(ValueError, match="1-d of one length"):
         kaplan_meier([1, 2], [True], [1])

@@ -1,4 +1,4 @@
-"""Chapter 6's measurements (memorylib.chunked, memorylib.recall's chunk_size), figures and live
+"""Chapter 6's measurements (memorylib.chunk_study, memorylib.recall's chunk_size), figures and live
 control: streams with the stated statistics, drift against an independent statement of the
 reference, a trained model run at another chunk size and restored, chunked recall (exact for the
 matrices), the benchmark loader against the committed record and malformed files, crossovers of
@@ -12,9 +12,22 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from memorylib.chunked import (BENCHMARK_SECTIONS, chunk_size_curve, chunking, crossover, describe_error,
-                               drift_profile, error_removed_by_one_write, load_chunked_benchmark, minibatch_drift,
-                               model_memory_drift, relative_error, run_mlp_memory, time_call, unit_stream)
+from memorylib.chunk_study import (
+    BENCHMARK_SECTIONS,
+    chunk_size_curve,
+    chunking,
+    crossover,
+    describe_error,
+    drift_profile,
+    error_removed_by_one_write,
+    load_chunked_benchmark,
+    minibatch_drift,
+    model_memory_drift,
+    relative_error,
+    run_mlp_memory,
+    time_call,
+    unit_stream,
+)
 from memorylib.figures import chunk_slider_figure, chunk_tradeoff_figure, drift_figure, scaling_figure
 from memorylib.recall import random_pairs, store_and_recall, write_pairs
 from memorylib.registry import build_model, build_task
@@ -69,8 +82,8 @@ def test_unit_stream_names_a_bad_argument(kwargs, message):
 def test_run_mlp_memory_is_the_reference_and_chunk_one_equals_it(stream):
     lr = 0.3
     state = MLPMemoryState.initial(stream["w1"], stream["w2"], 2)
-    direct, _ = mlp_memory_reference(stream["q"], stream["k"], stream["v"], torch.full((2, 1, 64), lr, dtype=torch.float64),
-                                     state=state)
+    direct, _ = mlp_memory_reference(stream["q"], stream["k"], stream["v"],
+                                     torch.full((2, 1, 64), lr, dtype=torch.float64), state=state)
     assert torch.equal(run_mlp_memory(stream, lr), direct)
     assert (run_mlp_memory(stream, lr, chunk_size=1) - direct).abs().max() < 1e-10
     assert (run_mlp_memory(stream, lr, chunk_size=8) - direct).abs().max() > 1e-4
@@ -125,7 +138,8 @@ def test_error_removed_by_one_write_matches_a_write_done_by_hand(stream):
     state = MLPMemoryState.initial(stream["w1"], stream["w2"], 2)
     k, v = stream["k"][:, :, t:t + 1], stream["v"][:, :, t:t + 1]
     _, after = mlp_memory_reference(k, k, v, torch.full((2, 1, 1), lr, dtype=torch.float64), state=state)
-    removed = 1 - (mlp_apply(after.w1, after.w2, k) - v).norm(dim=-1) / (mlp_apply(state.w1, state.w2, k) - v).norm(dim=-1)
+    removed = 1 - ((mlp_apply(after.w1, after.w2, k) - v).norm(dim=-1)
+                   / (mlp_apply(state.w1, state.w2, k) - v).norm(dim=-1))
     one = error_removed_by_one_write(stream, lr, num_tokens=t + 1)
     first = error_removed_by_one_write(stream, lr, num_tokens=t)
     assert (t + 1) * one - t * first == pytest.approx(float(removed.mean()), abs=1e-10)   # the mean gains token t
@@ -173,7 +187,8 @@ def test_chunk_size_curve_evaluates_each_form(small_memory_model):
 
 
 def test_model_memory_drift_is_zero_at_chunk_one_and_names_the_inputs(small_memory_model):
-    tokens = build_task("associative_lookup", seq_len=48, num_pairs=4, num_queries=4, min_distance=18).sample(4, seed=0).tokens
+    task = build_task("associative_lookup", seq_len=48, num_pairs=4, num_queries=4, min_distance=18)
+    tokens = task.sample(4, seed=0).tokens
     d = model_memory_drift(small_memory_model, tokens, [1, 4, 16])
     assert d["error"][1] < 1e-10 and 0 < d["error"][4] < d["error"][16]
     inputs = d["inputs"]
@@ -331,7 +346,7 @@ def test_chunk_size_explorer_measures_live_and_redraws_through_the_pure_figure(m
         (dict(table), chunk, profile, baseline_us)) or go.Figure())
     s = unit_stream(1, 32, 8, seed=0)
     box = chunk_size_explorer(s, learning_rates=(0.1, 0.3), lr=0.1, chunk_sizes=(2, 8), chunk_size=2, repeats=1)
-    (size, rate), out = box.children[0].children, box.children[1]
+    size, rate = box.children[0].children
     assert size.options == ("2", "8") and rate.value == "0.1" and drawn == []     # book mode: no first drawing
     size.value = "8"
     table, chunk, profile, baseline = drawn[-1]

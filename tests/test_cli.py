@@ -253,7 +253,8 @@ def test_per_token_signals_reduces_heads_and_slots_and_skips_the_rest():
     assert torch.allclose(signals["gate"][0], trace["gate"].mean(1)) and signals["gate"][2] == "mean over 3 heads"
     assert signals["lr"][2] is None
     values, slots, _ = signals["sidecar_weight"]
-    assert torch.equal(slots, trace["sidecar_weight"].argmax(-1)) and torch.equal(values, trace["sidecar_weight"].amax(-1))
+    assert torch.equal(slots, trace["sidecar_weight"].argmax(-1))
+    assert torch.equal(values, trace["sidecar_weight"].amax(-1))
 
 
 def test_demo_shortens_long_sequences_unless_full(capsys):
@@ -265,7 +266,8 @@ def test_demo_shortens_long_sequences_unless_full(capsys):
     needle = [line for line in lines if line.split()[1:2] == [target]]   # the fact the answer needs
     assert sum("..." in line for line in lines) >= 2 and len(lines) < 30 and len(needle) >= 2
     assert main([*args, "--full"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] and line.split()[0].isdigit()]
     assert [int(r.split()[0]) for r in rows] == list(range(192))
 
 
@@ -276,13 +278,16 @@ def _bad_inputs(ctx):
         "unknown model": (["train", "--model", "tiny_transformr", "--task", "associative_lookup", "--runs", str(tmp)],
                           "unknown model 'tiny_transformr' (did you mean 'tiny_transformer'?)"),
         "unknown task": (["eval", *MODEL, "--task", "lookup"], "unknown task 'lookup'"),
-        "no equals sign": (["eval", "--model", "local_transformer", "--model-arg", "d_model", "--task", "needle_recall"],
+        "no equals sign": (["eval", "--model", "local_transformer", "--model-arg", "d_model",
+                            "--task", "needle_recall"],
                            "expected key=value (e.g. d_model=16), got 'd_model'"),
         "bad key": (["eval", "--model", "local_transformer", "--model-arg", "1x=3", "--task", "needle_recall"],
                     "got '1x=3'"),
-        "unknown option": (["eval", "--model", "local_transformer", "--model-arg", "d_modle=16", "--task", "needle_recall"],
+        "unknown option": (["eval", "--model", "local_transformer", "--model-arg", "d_modle=16",
+                            "--task", "needle_recall"],
                            "unexpected keyword argument 'd_modle'"),
-        "bad option value": (["demo", "--model", "local_transformer", "--model-arg", "window=0", "--task", "needle_recall"],
+        "bad option value": (["demo", "--model", "local_transformer", "--model-arg", "window=0",
+                              "--task", "needle_recall"],
                              "from window=0: window must be None (full attention) or an int >= 1, got 0"),
         "bad number": (["train", *MODEL, *TASK, "--steps", "0"], "--steps: must be an int >= 1, got '0'"),
         "missing checkpoint": (["eval", "--checkpoint", str(tmp / "missing.pt")], "missing.pt' does not exist"),

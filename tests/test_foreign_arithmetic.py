@@ -48,4 +48,5 @@ def test_every_chapter_holds_under_a_foreign_arithmetic(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     for name, kinds in json.loads(times.read_text()).items() if times.exists() else []:
         chapter_times.setdefault(name, {}).update(kinds)
-    assert done.returncode == 0, f"under a foreign arithmetic: {' '.join(cmd)}\n{done.stdout[-6000:]}{done.stderr[-2000:]}"
+    assert done.returncode == 0, (f"under a foreign arithmetic: {' '.join(cmd)}\n"
+                                  f"{done.stdout[-6000:]}{done.stderr[-2000:]}")

@@ -51,7 +51,8 @@ def test_gradients_reach_every_parameter(name):
 def test_trace_and_options():
     model = build_model("titans_memory")
     _, trace = model(tokens(), return_trace=True)
-    assert trace["lr"].shape == (2, 1, 29) and trace["retain"].shape == (2, 1, 29) and trace["momentum"].shape == (2, 1, 29)
+    assert (trace["lr"].shape == (2, 1, 29) and trace["retain"].shape == (2, 1, 29)
+            and trace["momentum"].shape == (2, 1, 29))
     assert float(trace["lr"].detach().max()) <= model.max_lr
     _, trace = build_model("delta_memory")(tokens(), return_trace=True)
     assert trace["retain"] is None and trace["momentum"] is None and float(trace["lr"].detach().max()) < 1

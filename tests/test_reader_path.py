@@ -27,7 +27,8 @@ from conftest import chapter_times
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9]*.ipynb"))
 # What a Colab runtime has of what the chapters import; versions as pinned for the book.
-READER_PACKAGES = ("torch", "numpy", "plotly", "ipywidgets", "ipykernel", "nbformat", "tqdm")   # nbformat: plotly's fig.show() in a kernel
+# nbformat: plotly's fig.show() in a kernel
+READER_PACKAGES = ("torch", "numpy", "plotly", "ipywidgets", "ipykernel", "nbformat", "tqdm")
 
 
 def reader_requirements() -> list[str]:

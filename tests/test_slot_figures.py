@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from memorylib.analysis import slot_lifetimes, slot_monitor, slot_statistics, survival
-from memorylib.figures import (ablation_figure, capacity_figure, parameter_slider_figure, slot_heatmap_figure,
-                               slot_training_figure, survival_figure, window_slider_figure)
+from memorylib.figures import (
+    ablation_figure,
+    capacity_figure,
+    parameter_slider_figure,
+    slot_heatmap_figure,
+    slot_training_figure,
+    survival_figure,
+    window_slider_figure,
+)
 from memorylib.registry import build_model, build_task
 from memorylib.tasks import Batch, TokenLayout, derive_seed, make_generator
 from memorylib.widgets import ablation_curve, ablation_explorer, memory_size, memory_size_explorer

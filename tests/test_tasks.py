@@ -5,8 +5,15 @@ import torch
 
 from memorylib.models import DEFAULT_WINDOW
 from memorylib.registry import build_model, build_task, task_names
-from memorylib.tasks import (CELL, DEFAULT_MIN_DISTANCE, IGNORE, LengthExtrapolation, TokenLayout,
-                             derive_seed, reference_labels)
+from memorylib.tasks import (
+    CELL,
+    DEFAULT_MIN_DISTANCE,
+    IGNORE,
+    LengthExtrapolation,
+    TokenLayout,
+    derive_seed,
+    reference_labels,
+)
 
 GENERATORS = ["associative_lookup", "changing_facts", "needle_recall", "multi_hop"]
 VARIANTS = [
@@ -14,7 +21,8 @@ VARIANTS = [
     ("associative_lookup", {"min_distance": 1, "seq_len": 100}),
     ("associative_lookup", {"num_pairs": 16, "num_queries": 4, "seq_len": 200, "filler": "predictable"}),
     ("changing_facts", {}),
-    ("changing_facts", {"num_active_keys": 3, "updates_per_phase": 9, "queries_per_phase": 2, "num_phases": 3, "seq_len": 301}),
+    ("changing_facts", {"num_active_keys": 3, "updates_per_phase": 9, "queries_per_phase": 2, "num_phases": 3,
+                        "seq_len": 301}),
     ("needle_recall", {}),
     ("needle_recall", {"filler": "random", "depth": 0.0}),
     ("needle_recall", {"depth": 1.0, "seq_len": 600}),

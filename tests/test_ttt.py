@@ -93,7 +93,9 @@ def test_streaming_in_pieces_equals_one_call(chunk_size, gates):
     outs, state = [], state0
     for lo, hi in [(0, 3), (3, 4), (4, 21), (21, 22), (22, 50)]:
         sl = slice(lo, hi)
-        part = lambda x: None if x is None else x[:, :, sl]
+        def part(x, sl=sl):
+            return None if x is None else x[:, :, sl]
+
         o, state = mlp_memory(q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], part(mom), part(ret),
                               state=state, chunk_size=chunk_size)
         outs.append(o)
@@ -107,8 +109,10 @@ def test_reference_streams_too():
     q, k, v, lr, mom, ret, w1, w2 = inputs(T=20)
     state0 = MLPMemoryState.initial(w1, w2, B)
     whole, _ = mlp_memory_reference(q, k, v, lr, mom, ret, state=state0)
-    a, s = mlp_memory_reference(q[:, :, :7], k[:, :, :7], v[:, :, :7], lr[:, :, :7], mom[:, :, :7], ret[:, :, :7], state=state0)
-    b, _ = mlp_memory_reference(q[:, :, 7:], k[:, :, 7:], v[:, :, 7:], lr[:, :, 7:], mom[:, :, 7:], ret[:, :, 7:], state=s)
+    a, s = mlp_memory_reference(q[:, :, :7], k[:, :, :7], v[:, :, :7], lr[:, :, :7], mom[:, :, :7], ret[:, :, :7],
+                                state=state0)
+    b, _ = mlp_memory_reference(q[:, :, 7:], k[:, :, 7:], v[:, :, 7:], lr[:, :, 7:], mom[:, :, 7:], ret[:, :, 7:],
+                                state=s)
     assert (torch.cat([a, b], dim=2) - whole).abs().max() < 1e-12
 
 

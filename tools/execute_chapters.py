@@ -55,7 +55,7 @@ def strip_volatile(path: pathlib.Path, fingerprint: str) -> None:
 def main(argv: list[str]) -> int:
     runpy.run_path(str(ROOT / "conftest.py"))        # same environment as the tests
     sys.path.insert(0, str(ROOT))
-    from memorylib import reproducible               # after conftest set the environment
+    from memorylib import reproducible  # after conftest set the environment
     fingerprint = reproducible.fingerprint()
     paths = [pathlib.Path(p) for p in argv] or sorted((ROOT / "chapters").glob("[0-9]*.ipynb"))
     for path in paths:

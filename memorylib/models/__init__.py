@@ -19,8 +19,18 @@ from .base import MemoryModel, fixed, prediction_loss
 from .full import FullMemoryModel, FullRun, FullStreamState
 from .learned import MEMORY_KINDS, LearnedMemoryModel
 from .slots import SlotMemoryModel, SurpriseMemoryModel, query_snippet
-from .transformer import (DEFAULT_WINDOW, Block, CausalSelfAttention, LocalFeatures, TinyTransformer, check_window,
-                          local_transformer, rotary, tiny_transformer, window_mask)
+from .transformer import (
+                          DEFAULT_WINDOW,
+                          Block,
+                          CausalSelfAttention,
+                          LocalFeatures,
+                          TinyTransformer,
+                          check_window,
+                          local_transformer,
+                          rotary,
+                          tiny_transformer,
+                          window_mask,
+)
 
 MODELS = {**transformer.MODELS, **slots.MODELS, **learned.MODELS, **full.MODELS}
 """Every model of the book by its registry name."""

@@ -16,8 +16,8 @@ from ..sidecar import SidecarState, sidecar_attention, sidecar_weights
 from ..surprise import surprise_gate, token_surprise
 from ..tasks import TokenLayout
 from ..ttt import MLPMemoryState
-from .learned import LearnedMemoryModel
 from .base import fixed
+from .learned import LearnedMemoryModel
 from .slots import query_snippet
 from .transformer import check_tokens
 
@@ -36,7 +36,10 @@ class FullStreamState:
 
     def nbytes(self) -> int:
         """Bytes held: token context, memory state and sidecar cache (all of fixed size)."""
-        mem = self.memory.nbytes() if isinstance(self.memory, MLPMemoryState) else self.memory.numel() * self.memory.element_size()
+        if isinstance(self.memory, MLPMemoryState):
+            mem = self.memory.nbytes()
+        else:
+            mem = self.memory.numel() * self.memory.element_size()
         side = self.sidecar.nbytes() if self.sidecar is not None else 0
         return self.context.numel() * self.context.element_size() + mem + side
 

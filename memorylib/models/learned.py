@@ -20,7 +20,6 @@ from ..ttt import MLPMemoryState, mlp_memory, mlp_memory_reference
 from .base import MemoryModel, fixed
 from .transformer import DEFAULT_WINDOW
 
-
 MEMORY_KINDS = ("linear", "delta", "mlp")
 
 

@@ -1,4 +1,5 @@
-"""What chunking buys and what it costs: streams for the memories' functional API, the drift of
+"""Chapter 6's study of the chunked forms (which themselves are in :mod:`memorylib.delta_rule` and
+:mod:`memorylib.ttt`). What chunking buys and what it costs: streams for the memories' functional API, the drift of
 the mini-batch MLP memory from its sequential definition (on stated streams and on a trained
 model's own inputs), a trained model run at another chunk size, a timer, and the benchmark
 record. Introduced in chapter 6. (Recall after a stream of chunked writes: ``memorylib.recall``
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_int
-from .knobs import chunking  # noqa: F401 (used here; chapter 6 imports it from here)
+from .knobs import chunking  # used here; chapter 6 imports it from here
 from .ttt import MLPMemoryState, mlp_apply, mlp_memory, mlp_memory_reference
 
 #: a relative error above this (or not finite) is reported as "diverged"
@@ -134,7 +135,8 @@ def drift_profile(out: torch.Tensor, reference: torch.Tensor, window: int = 16) 
     ``window`` tokens. Returns ``(window starts, drift in percent)`` (``inf`` where not finite)."""
     check_int("window", window, 1)
     if out.shape != reference.shape:
-        raise ValueError(f"out and reference must have the same shape, got {tuple(out.shape)} and {tuple(reference.shape)}")
+        raise ValueError(f"out and reference must have the same shape, got {tuple(out.shape)} and "
+                         f"{tuple(reference.shape)}")
     per_token = ((out - reference).norm(dim=-1) / reference.norm(dim=-1)).flatten(0, -2).mean(0)    # (T,)
     starts = list(range(0, per_token.shape[0], window))
     values = [float(per_token[s:s + window].mean()) * 100 for s in starts]
@@ -258,7 +260,8 @@ def load_chunked_benchmark(path) -> dict:
     attention["crossover"] = data["linear_vs_attention"].get("crossover", {})
     for name, table in (("loop_vs_chunked", forward), ("linear_vs_attention", attention)):
         if not table["seconds"]:
-            raise ValueError(f"{path}: {name} has no rows of the methods {sorted(_FORWARD if name == 'loop_vs_chunked' else _ATTENTION)}")
+            methods = sorted(_FORWARD if name == "loop_vs_chunked" else _ATTENTION)
+            raise ValueError(f"{path}: {name} has no rows of the methods {methods}")
     states = data["state_bytes"]["rows"]
     state = {"seq_lens": [r["seq_len"] for r in states],
              "bytes": {"KV cache (attention)": [r["kv_cache_bytes"] for r in states],

@@ -22,8 +22,9 @@ $(STAMP): requirements.txt pyproject.toml
 book: venv
 	$(BIN)/python tools/build_book.py
 
-# One pytest session: unit tests, papermill runs, nbval on the committed chapters, the browser.
-test: venv book
+# One pytest session: the linter, unit tests, the chapters under nbval (native and foreign
+# arithmetic), the reader's path, and the browser (which builds the book itself, once).
+test: venv
 	$(BIN)/python -m pytest --nbval $(SANITIZE) --durations=15 tests/ chapters/
 
 # Re-execute the chapters and store their outputs (the book renders these).

@@ -39,6 +39,7 @@ one call.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .checks import check_int, check_qkv, check_tensor, check_values
 
@@ -57,7 +58,8 @@ def initial_state(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return k.new_zeros(k.shape[0], k.shape[1], v.shape[-1], k.shape[-1])
 
 
-def delta_rule_reference(q, k, v, beta, retain=None, state=None, erase: bool = True):
+def delta_rule_reference(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | None = None,
+                         state: Tensor | None = None, erase: bool = True) -> tuple[Tensor, Tensor]:
     """The delta rule one token at a time (the definition). Returns ``(out, state)``."""
     _check_inputs(q, k, v, beta, retain, state)
     M = initial_state(k, v) if state is None else state
@@ -87,7 +89,8 @@ def decay_products(a: torch.Tensor) -> torch.Tensor:
     return X.cumprod(-1).transpose(-1, -2).tril()
 
 
-def delta_rule(q, k, v, beta, retain=None, state=None, chunk_size: int = 64, erase: bool = True):
+def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | None = None,
+               state: Tensor | None = None, chunk_size: int = 64, erase: bool = True) -> tuple[Tensor, Tensor]:
     """The exact chunked delta rule (UT transform inside each chunk). Returns ``(out, state)``;
     equal to :func:`delta_rule_reference` at every ``chunk_size`` and sequence length."""
     _check_inputs(q, k, v, beta, retain, state)

@@ -136,7 +136,8 @@ def sidecar_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out
 
 
-def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | None = None,
+def sidecar_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, surprise: torch.Tensor, capacity: int,
+                      state: SidecarState | None = None,
                       return_state: bool = False):
     """Exact attention over the ``capacity`` most surprising earlier tokens (module docstring).
     Returns ``out``, or ``(out, state)`` with ``return_state=True`` or when a state is given."""
@@ -160,7 +161,8 @@ def sidecar_attention(q, k, v, surprise, capacity: int, state: SidecarState | No
     return out, new
 
 
-def sidecar_weights(q, k, v, surprise, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sidecar_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, surprise: torch.Tensor,
+                    capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
     """What each position of one whole sequence read from the sidecar: ``(weights, empty)`` where
     ``weights: (B, T, T)`` is the attention weight of query ``t`` on earlier token ``j`` (zero for
     tokens not in its cache) and ``empty: (B, T)`` the weight left on the empty slot. Explicit

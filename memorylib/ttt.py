@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .checks import check_int, check_qkv, check_tensor, check_values
 from .delta_rule import decay_products
@@ -93,7 +94,7 @@ def mlp_apply(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return F.silu(x @ w1.transpose(-1, -2)) @ w2.transpose(-1, -2)
 
 
-def token_gradients(w1, w2, k, v):
+def token_gradients(w1: Tensor, w2: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token gradients of ``1/2 ||f(k_t) - v_t||^2`` at weights ``(w1, w2)``, as rank-one
     factors: ``grad_W1[t] = d_t k_t^T`` and ``grad_W2[t] = e_t h_t^T``. Returns ``(d, e, h)``
     with ``d: (B, H, T, hidden)``, ``e: (B, H, T, value_dim)``, ``h: (B, H, T, hidden)``."""
@@ -126,7 +127,8 @@ def _defaults(lr, momentum, retain):
             torch.ones_like(lr) if retain is None else retain)
 
 
-def mlp_memory_reference(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState):
+def mlp_memory_reference(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, momentum: Tensor | None = None,
+                         retain: Tensor | None = None, *, state: MLPMemoryState) -> tuple[Tensor, MLPMemoryState]:
     """The MLP memory one token at a time (the definition). Returns ``(out, state)``."""
     _check(q, k, v, lr, momentum, retain, state)
     if state.pending:
@@ -205,7 +207,9 @@ def _chunk(q, k, v, g: dict, coef_qk, w1, w2, s1, s2, update: bool):
 _PENDING = ("k", "v", "lr", "momentum", "retain")
 
 
-def mlp_memory(q, k, v, lr, momentum=None, retain=None, *, state: MLPMemoryState, chunk_size: int = 16):
+def mlp_memory(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, momentum: Tensor | None = None,
+               retain: Tensor | None = None, *, state: MLPMemoryState,
+               chunk_size: int = 16) -> tuple[Tensor, MLPMemoryState]:
     """The chunked mini-batch MLP memory. Returns ``(out, state)``. ``chunk_size=1`` equals
     :func:`mlp_memory_reference`; streaming in pieces (state carried) equals one call.
 

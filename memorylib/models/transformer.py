@@ -9,9 +9,10 @@ Every model in the book shares one contract::
 positions of a task's :class:`~memorylib.tasks.Batch`.
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention``; positions enter by
-rotary embeddings (RoPE), so a model runs at any sequence length. :class:`LocalFeatures` (token
-embeddings, a previous-token mix, windowed attention blocks) is the front of every model; the
-memory models (:mod:`.slots`, :mod:`.learned`, :mod:`.full`) add a memory and a read-out behind it.
+rotary embeddings (RoPE; ``nope_transformer`` has none), so a model runs at any sequence length.
+:class:`LocalFeatures` (token embeddings, a previous-token mix, windowed attention blocks) is the
+front of every model; the memory models (:mod:`.slots`, :mod:`.learned`, :mod:`.full`) add a
+memory and a read-out behind it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_int, check_tokens
+from ..checks import check_choice, check_int, check_tokens
 from ..tasks import TokenLayout
 
 DEFAULT_WINDOW = 16
+POSITIONS = ("rope", "none")   # rotary embeddings, or no positional encoding at all (NoPE)
 
 
 def check_window(window) -> None:
@@ -51,23 +53,26 @@ def window_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention; ``window`` limits how far back a query looks.
+    """Multi-head causal self-attention; ``window`` limits how far back a query looks. Positions
+    enter by rotary embeddings, or not at all (``rotary=False``: NoPE, where the causal mask alone
+    tells a query how far along it is).
 
     x: (batch, seq_len, d_model) -> (batch, seq_len, d_model).
     """
 
-    def __init__(self, d_model: int, num_heads: int):
+    def __init__(self, d_model: int, num_heads: int, rotary: bool = True):
         super().__init__()
         if d_model % num_heads or (d_model // num_heads) % 2:
             raise ValueError(f"d_model={d_model} must split into num_heads={num_heads} heads of even size")
-        self.num_heads = num_heads
+        self.num_heads, self.rotary = num_heads, bool(rotary)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor, window: int | None = None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q), rotary(k)
+        if self.rotary:
+            q, k = rotary(q), rotary(k)
         if window is None or window >= T:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -78,10 +83,10 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4):
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int = 4, rotary: bool = True):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, num_heads)
+        self.attn = CausalSelfAttention(d_model, num_heads, rotary)
         self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
                                  nn.Linear(mlp_ratio * d_model, d_model))
 
@@ -102,17 +107,19 @@ class LocalFeatures(nn.Module):
     """
 
     def __init__(self, vocab_size: int | None, d_model: int, num_layers: int, num_heads: int,
-                 window: int | None, mlp_ratio: int = 4):
+                 window: int | None, mlp_ratio: int = 4, positions: str = "rope"):
         super().__init__()
         vocab_size = TokenLayout().vocab_size if vocab_size is None else vocab_size
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model),
                             ("num_layers", num_layers), ("num_heads", num_heads)):
             check_int(name, value, 1)
         check_window(window)
+        self.positions = check_choice("positions", positions, POSITIONS)
         self.vocab_size, self.window = vocab_size, window
         self.embed = nn.Embedding(vocab_size, d_model)
         self.shift = nn.Linear(d_model, d_model, bias=False)
-        self.blocks = nn.ModuleList(Block(d_model, num_heads, mlp_ratio) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(Block(d_model, num_heads, mlp_ratio, positions == "rope")
+                                    for _ in range(num_layers))
 
     @property
     def receptive_field(self) -> int | None:
@@ -138,8 +145,8 @@ class TinyTransformer(LocalFeatures):
     """
 
     def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 2,
-                 num_heads: int = 4, window: int | None = None, mlp_ratio: int = 4):
-        super().__init__(vocab_size, d_model, num_layers, num_heads, window, mlp_ratio)
+                 num_heads: int = 4, window: int | None = None, mlp_ratio: int = 4, positions: str = "rope"):
+        super().__init__(vocab_size, d_model, num_layers, num_heads, window, mlp_ratio, positions)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, self.vocab_size, bias=False)
 
@@ -163,4 +170,13 @@ def local_transformer(window: int = DEFAULT_WINDOW, **kwargs) -> TinyTransformer
     return TinyTransformer(window=window, **kwargs)
 
 
-MODELS = {"tiny_transformer": tiny_transformer, "local_transformer": local_transformer}
+def nope_transformer(**kwargs) -> TinyTransformer:
+    """Full causal attention with no positional encoding (NoPE): a length baseline whose positions
+    do not rotate past what it was trained on. Introduced in chapter 8."""
+    if kwargs.get("positions", "none") != "none":
+        raise ValueError(f"this model fixes positions='none'; got positions={kwargs['positions']!r}")
+    return tiny_transformer(**{**kwargs, "positions": "none"})
+
+
+MODELS = {"tiny_transformer": tiny_transformer, "local_transformer": local_transformer,
+          "nope_transformer": nope_transformer}

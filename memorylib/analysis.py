@@ -272,3 +272,49 @@ def write_by_role(model, task, num_examples: int = 256, seed: int = 0, batch_siz
             done += n
     return {role: {"mean": _round(sums[i] / counts[i]), "n": int(counts[i])}
             for i, role in enumerate(ROLES) if counts[i] > 0}
+
+
+# --- what a model carries: state and parameters (chapter 8's matched budgets) -------------------
+
+
+def _nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+@torch.no_grad()
+def state_bytes(model) -> dict:
+    """The bytes a model carries per sequence to go on with a stream, in float32 (the book's dtype):
+    ``{"memory", "context", "per_token"}``. ``memory``: what the memory holds, of a fixed size
+    (slots with their ages; a matrix per head; an MLP's weights and momentum; the sidecar's cache);
+    ``context``: the local attention's keys and values over its window, which every windowed model
+    carries alike; ``per_token``: what grows with every token (full attention's key-value cache;
+    0 for every memory model). Two memories are compared at matched state when their ``memory``
+    is about equal. Introduced in chapter 8."""
+    from .models import FullMemoryModel, LearnedMemoryModel, SlotMemoryModel
+    from .ttt import MLPMemoryState
+
+    p = next(model.parameters())
+    d_model, layers = model.embed.embedding_dim, len(model.blocks)
+    kv_per_token = 2 * layers * d_model * p.element_size()
+    window = model.window
+    out = {"memory": 0, "context": 0 if window is None else kv_per_token * window,
+           "per_token": kv_per_token if window is None else 0}
+    if isinstance(model, SlotMemoryModel):
+        _, state, _ = model.memory(torch.zeros(1, 1, d_model, dtype=p.dtype))
+        out["memory"] = _nbytes(state.keys, state.values, state.age)
+    elif isinstance(model, LearnedMemoryModel):
+        H, Dk, Dv = model.memory_heads, model.key_dim, model.value_dim
+        if model.kind == "mlp":
+            mlp = MLPMemoryState.initial(model.w1, model.w2, 1)
+            out["memory"] = _nbytes(mlp.w1, mlp.w2, *([mlp.s1, mlp.s2] if model.use_momentum else []))
+        else:
+            out["memory"] = H * Dv * Dk * p.element_size()
+        if isinstance(model, FullMemoryModel) and model.sidecar > 0:
+            K, D = model.sidecar, model.sidecar_dim
+            out["memory"] += K * (2 * D * p.element_size() + p.element_size() + 8)   # keys, values, surprise, position
+    return out
+
+
+def num_parameters(model) -> int:
+    """The number of trained parameters (every element of every parameter)."""
+    return sum(p.numel() for p in model.parameters())

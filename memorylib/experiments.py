@@ -21,7 +21,7 @@ from .training import evaluate, train
 def run(model: str, task, *, seed: int = 0, steps: int = 300, batch_size: int = 64, lr: float = 1e-2,
         warmup: int = 50, pretrain: dict | None = None, model_kwargs: dict | None = None,
         eval_tasks: dict | None = None, num_examples: int = 512, monitor=None, progress: bool = False,
-        return_model: bool = False, start_from: dict | None = None):
+        return_model: bool = False, start_from: dict | None = None, validation_tasks: dict | None = None):
     """Build ``model`` (a registry name) with ``torch.manual_seed(seed)``, train it on ``task``
     and evaluate it on every task of ``eval_tasks`` (``{name: task}``; default: ``task`` itself).
 
@@ -36,7 +36,8 @@ def run(model: str, task, *, seed: int = 0, steps: int = 300, batch_size: int = 
     Returns a JSON-ready dict: ``model``, ``model_kwargs``, ``seed``, ``steps``, ``history``
     (from :func:`~memorylib.training.train`; ``pretrain_history`` for the first stage), ``eval``
     (``{name: evaluate(...)}``) and ``train_seconds``; with ``return_model=True``,
-    ``(result, model)``.
+    ``(result, model)``. ``validation_tasks`` (optional, ``{name: task}``) adds ``validation``:
+    the same evaluations on the validation stream (``split="validation"``), for choosing settings.
     """
     model_kwargs = dict(model_kwargs or {})
     torch.manual_seed(seed)
@@ -56,10 +57,14 @@ def run(model: str, task, *, seed: int = 0, steps: int = 300, batch_size: int = 
     seconds = time.perf_counter() - start
     evals = {name: evaluate(net, t, num_examples=num_examples, seed=seed)
              for name, t in (eval_tasks or {"train": task}).items()}
+    validation = {name: evaluate(net, t, num_examples=num_examples, seed=seed, split="validation")
+                  for name, t in (validation_tasks or {}).items()}
     result = {"model": model, "model_kwargs": model_kwargs, "seed": seed, "steps": steps,
               "batch_size": batch_size, "lr": lr, "history": fit["history"], "eval": evals,
               "pretrain_history": first["history"] if first else None,
               "train_seconds": round(seconds, 1)}
+    if validation:
+        result["validation"] = validation
     return (result, net) if return_model else result
 
 

@@ -2,7 +2,9 @@
 
 Loss and accuracy are taken only at a batch's answer positions. Training draws its data from
 ``derive_seed(seed, "train")`` and evaluation from ``derive_seed(seed, "eval")``: evaluation
-sequences are never training sequences. Results are plain dicts of numbers and lists, ready for
+sequences are never training sequences. A third stream, ``split="validation"``, is for choosing
+settings (the capstone's learning rates), so that the sequences a result is reported on never
+chose it. Results are plain dicts of numbers and lists, ready for
 ``json.dumps``.
 """
 
@@ -15,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_int
+from .checks import check_choice, check_int
 from .knobs import eval_mode
 from .stats import bootstrap_interval, wilson_interval
 from .tasks import IGNORE, Batch, LengthExtrapolation, derive_seed, make_generator
+
+SPLITS = ("eval", "validation")     # held-out test sequences; held-out sequences for choosing settings
 
 
 def answer_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -100,17 +104,19 @@ def _distance_bins(distances: np.ndarray, bin_width: int | None) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size: int = 32,
-            seed: int = 0) -> dict:
+            seed: int = 0, split: str = "eval") -> dict:
     """Run ``model`` on held-out sequences; per-answer arrays for custom analysis.
 
     Batches are small (32) so that a :class:`~memorylib.tasks.TaskMixture`, which draws one task
     per batch, is evaluated on an even mix. Returns numpy arrays: ``example`` (sequence index),
     ``distance``, ``correct`` (bool), ``stale`` (the overwritten value or -1), ``predicted``,
-    ``target``, and ``num_examples``.
+    ``target``, and ``num_examples``. ``split``: ``"eval"`` (held-out test sequences) or
+    ``"validation"`` (another held-out stream, for choosing settings).
     """
     check_int("num_examples", num_examples, 1)
     check_int("batch_size", batch_size, 1)
-    gen = make_generator(derive_seed(seed, "eval"))
+    check_choice("split", split, SPLITS)
+    gen = make_generator(derive_seed(seed, split))
     with eval_mode(model):
         parts = {k: [] for k in ("example", "distance", "correct", "stale", "predicted", "target")}
         done = 0
@@ -133,15 +139,16 @@ def predict(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size
 
 
 def evaluate(model: torch.nn.Module, task, *, num_examples: int = 512, batch_size: int = 32,
-             seed: int = 0, bin_width: int | None = None, digits: int = 4) -> dict:
+             seed: int = 0, bin_width: int | None = None, digits: int = 4, split: str = "eval") -> dict:
     """Held-out answer accuracy with a 95 % interval, broken down by evidence distance.
 
     ``accuracy`` and ``ci`` (bootstrap over sequences); ``by_distance`` holds, per distance bin
     ``[lo, hi)``, the answer count, accuracy and Wilson interval; ``stale_rate`` is the fraction
     of answers with an overwritten value that predicted exactly that stale value (None if the task
-    has none). Numbers are rounded to ``digits`` so printed results are stable.
+    has none). Numbers are rounded to ``digits`` so printed results are stable. ``split`` as in
+    :func:`predict`.
     """
-    p = predict(model, task, num_examples=num_examples, batch_size=batch_size, seed=seed)
+    p = predict(model, task, num_examples=num_examples, batch_size=batch_size, seed=seed, split=split)
     r = lambda x: round(float(x), digits)  # noqa: E731
     per_seq_correct = np.bincount(p["example"], weights=p["correct"], minlength=num_examples)
     per_seq_count = np.bincount(p["example"], minlength=num_examples)

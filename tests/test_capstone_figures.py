@@ -1,9 +1,11 @@
 """Chapter 8's figures and the capstone summary table."""
 
 import pytest
+import torch
 
 from memorylib.capstone import summary_table
 from memorylib.figures import capstone_figure, forgetting_figure
+from memorylib.registry import build_model
 
 
 def rows():
@@ -233,3 +235,20 @@ def test_write_by_role_and_lifetime_figures():
         lifetime_figure({"x": {"time": [0], "alive": [1, 0], "n": 1}})
     with pytest.raises(ValueError, match="at least one"):
         write_by_role_figure({})
+
+
+def test_state_bytes_counts_what_a_stream_carries():
+    from memorylib.analysis import num_parameters, state_bytes
+
+    full = build_model("full_memory")
+    tokens = torch.randint(3, 100, (1, 40))
+    _, state = full.stream(tokens)
+    carried = state.nbytes() - state.context.numel() * state.context.element_size()
+    assert state_bytes(full)["memory"] == carried == 8384
+    assert state_bytes(build_model("no_sidecar"))["memory"] == 4096
+    assert state_bytes(build_model("delta_memory"))["memory"] == 4096
+    assert state_bytes(build_model("delta_memory", memory_heads=2))["memory"] == 8192
+    assert state_bytes(build_model("slot_memory", num_slots=32))["memory"] == 32 * (2 * 32 + 1) * 4
+    assert state_bytes(build_model("tiny_transformer")) == {"memory": 0, "context": 0, "per_token": 2 * 2 * 64 * 4}
+    assert state_bytes(build_model("local_transformer"))["context"] == 2 * 2 * 64 * 4 * 16
+    assert num_parameters(full) > num_parameters(build_model("delta_memory"))

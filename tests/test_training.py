@@ -96,3 +96,21 @@ def test_fisher_exact_known_values():
     assert fisher_exact(0, 3, 3, 3) == fisher_exact(3, 3, 0, 3)   # symmetric in the groups
     with pytest.raises(ValueError, match="hits=4, n=3"):
         fisher_exact(4, 3, 0, 3)
+
+
+def test_the_validation_stream_is_another_held_out_stream():
+    from memorylib.experiments import run
+    from memorylib.training import predict
+
+    task = build_task("associative_lookup", seq_len=48, num_pairs=4, num_queries=4, min_distance=18)
+    net = build_model("local_transformer", d_model=16, num_heads=2)
+    test, val = (predict(net, task, num_examples=16, seed=0, split=s) for s in ("eval", "validation"))
+    assert not np.array_equal(test["target"], val["target"])
+    assert np.array_equal(val["target"], predict(net, task, num_examples=16, seed=0, split="validation")["target"])
+    with pytest.raises(ValueError, match="split must be one of"):
+        predict(net, task, num_examples=4, split="test")
+    r = run("local_transformer", task, steps=2, batch_size=4, warmup=1, num_examples=8,
+            model_kwargs={"d_model": 16, "num_heads": 2}, validation_tasks={"train": task})
+    assert set(r["validation"]) == {"train"} and r["validation"]["train"]["num_examples"] == 8
+    assert "validation" not in run("local_transformer", task, steps=2, batch_size=4, warmup=1, num_examples=8,
+                                   model_kwargs={"d_model": 16, "num_heads": 2})

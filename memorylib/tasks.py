@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import torch
 
-from .checks import check_int, check_name
+from .checks import check_choice, check_int, check_name
 
 IGNORE = -100          #: ``targets`` value at positions that are not scored
 CELL = 3               #: tokens per cell
@@ -146,6 +146,41 @@ def make_generator(seed: int | torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+FILLERS = ("random", "predictable", "markov")
+"""Haystacks: uniform filler tokens; a cycle through the filler tokens (each token determined by
+the one before); a Markov chain in which each filler token is followed by one of two successors
+(:func:`markov_filler`: one bit per token, which a next-token head can learn)."""
+
+MARKOV_SEED = 20261130     # the successor table is a property of the task, the same for every sequence
+
+
+def markov_table(layout: TokenLayout) -> torch.Tensor:
+    """``(num_filler, 2)`` the two successors (token ids) of every filler token of the Markov
+    haystack: a fixed draw (seed :data:`MARKOV_SEED`), distinct from each other."""
+    g = torch.Generator().manual_seed(MARKOV_SEED)
+    n = layout.num_filler
+    first = torch.randint(0, n, (n,), generator=g)
+    second = (first + 1 + torch.randint(0, n - 1, (n,), generator=g)) % n
+    return layout.filler_start + torch.stack([first, second], dim=1)
+
+
+def markov_filler(batch: int, length: int, g: torch.Generator, layout: TokenLayout,
+                  start: torch.Tensor | None = None) -> torch.Tensor:
+    """``(batch, length)`` filler tokens of the Markov haystack: from ``start`` (``(batch,)`` the
+    token before the first; default a uniform first token), each token one of its predecessor's two
+    successors (:func:`markov_table`), with probability 1/2 each."""
+    table = markov_table(layout)
+    choice = torch.randint(0, 2, (batch, length), generator=g)
+    out = torch.empty(batch, length, dtype=torch.long)
+    if start is None:
+        out[:, 0] = torch.randint(layout.filler_start, layout.vocab_size, (batch,), generator=g)
+    else:
+        out[:, 0] = table[start - layout.filler_start, choice[:, 0]]
+    for t in range(1, length):
+        out[:, t] = table[out[:, t - 1] - layout.filler_start, choice[:, t]]
+    return out
+
+
 def _gap_cells(min_distance: int) -> int:
     """Cells that must lie strictly between a fact cell and a query cell so that
     distance = 3 * (query_cell - fact_cell) - 1 >= min_distance."""
@@ -178,9 +213,7 @@ class Task:
             raise ValueError(f"layout must be a TokenLayout, got {type(layout).__name__}")
         self.seq_len = check_int("seq_len", seq_len, CELL)
         self.min_distance = check_int("min_distance", min_distance, 1)
-        if filler not in ("random", "predictable"):
-            raise ValueError(f"filler must be 'random' or 'predictable', got {filler!r}")
-        self.filler = filler
+        self.filler = check_choice("filler", filler, FILLERS)
 
     @property
     def num_cells(self) -> int:
@@ -214,6 +247,8 @@ class Task:
         lay = self.layout
         if self.filler == "random":
             return torch.randint(lay.filler_start, lay.vocab_size, (batch, self.seq_len), generator=g)
+        if self.filler == "markov":
+            return markov_filler(batch, self.seq_len, g, lay)
         phase = torch.randint(0, lay.num_filler, (batch, 1), generator=g)
         pos = torch.arange(self.seq_len).unsqueeze(0)
         return lay.filler_start + (pos + phase) % lay.num_filler
@@ -311,22 +346,35 @@ class ChangingFacts(Task):
     for ``min_distance``, then ``queries_per_phase`` query cells asking distinct active keys. The
     first phase assigns every active key once before re-assigning. The value a query's answer
     overwrote is recorded in ``stale`` so a "stale answer" rate can be measured.
+
+    ``update_spacing`` puts that many cells between the starts of consecutive updates (1: one
+    after the other, the default; 6: 18 tokens apart, so that a key restated in a phase is
+    restated far from its earlier value, beyond a 16-token window).
     """
 
     name = "changing_facts"
 
+    def config(self) -> dict:
+        out = super().config()
+        if out["update_spacing"] == 1:          # the default: records written before it existed stay equal
+            del out["update_spacing"]
+        return out
+
     def __init__(self, seq_len: int = 192, num_active_keys: int = 6, updates_per_phase: int = 12,
                  queries_per_phase: int = 4, num_phases: int = 2,
                  min_distance: int = DEFAULT_MIN_DISTANCE, filler: str = "random",
-                 layout: TokenLayout | None = None):
+                 layout: TokenLayout | None = None, update_spacing: int = 1):
         super().__init__(seq_len, min_distance, layout, filler)
+        self.update_spacing = check_int("update_spacing", update_spacing, 1)
         self.num_active_keys = check_int("num_active_keys", num_active_keys, 1, self.layout.num_keys)
         self.updates_per_phase = check_int("updates_per_phase", updates_per_phase, num_active_keys)
         self.queries_per_phase = check_int("queries_per_phase", queries_per_phase, 1, num_active_keys)
         self.num_phases = check_int("num_phases", num_phases, 1)
-        self._phase_cells = updates_per_phase + _gap_cells(min_distance) + queries_per_phase
+        self._phase_cells = ((updates_per_phase - 1) * update_spacing + 1 + _gap_cells(min_distance)
+                             + queries_per_phase)
         self._too_short(num_phases * self._phase_cells,
-                        f"num_phases={num_phases} x (updates_per_phase={updates_per_phase} + gap for "
+                        f"num_phases={num_phases} x (updates_per_phase={updates_per_phase} "
+                        f"spaced {update_spacing} cells apart + gap for "
                         f"min_distance={min_distance} + queries_per_phase={queries_per_phase})")
 
     def _generate(self, batch_size, g):
@@ -355,7 +403,7 @@ class ChangingFacts(Task):
                 last_cell[rows, which] = cell
                 self._write_cells(b.tokens, torch.full((B, 1), cell), lay.SET,
                                   keys[rows, which].unsqueeze(1), new.unsqueeze(1))
-                cell += 1
+                cell += self.update_spacing if u < self.updates_per_phase - 1 else 1
             cell += _gap_cells(self.min_distance)
             asked = _rand_perm(B, A, g)[:, :self.queries_per_phase]
             qcells = cell + torch.arange(self.queries_per_phase).expand(B, -1)

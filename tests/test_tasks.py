@@ -160,3 +160,36 @@ def test_mixture_draws_whole_batches_from_each_task():
         TaskMixture([short, long], weights=[1, -1])
     with pytest.raises(ValueError, match="share one TokenLayout"):
         TaskMixture([short, build_task("associative_lookup", layout=TokenLayout(num_keys=8))])
+
+
+def test_the_markov_haystack_follows_its_table():
+    from memorylib.tasks import markov_table
+
+    lay = TokenLayout()
+    table = markov_table(lay)
+    assert table.shape == (lay.num_filler, 2) and bool((table[:, 0] != table[:, 1]).all())
+    b = build_task("associative_lookup", filler="markov").sample(64, seed=0)
+    t = b.tokens
+    both = lay.is_filler(t[:, :-1]) & lay.is_filler(t[:, 1:])
+    prev, nxt = t[:, :-1][both] - lay.filler_start, t[:, 1:][both]
+    first, second = nxt == table[prev, 0], nxt == table[prev, 1]
+    assert bool((first | second).all())
+    assert 0.45 < float(first.float().mean()) < 0.55               # one bit per token
+    assert torch.equal(b.targets[b.answer_mask], reference_labels(t, lay)[0][b.answer_mask])
+
+
+def test_spaced_updates_restate_a_key_far_from_its_earlier_value():
+    task = build_task("changing_facts", seq_len=240, num_active_keys=3, updates_per_phase=6, queries_per_phase=2,
+                      min_distance=18, update_spacing=6)
+    assert task.config()["update_spacing"] == 6 and "update_spacing" not in build_task("changing_facts").config()
+    b = task.sample(32, seed=0)
+    lay = task.layout
+    sets = (b.tokens[:, 0::3] == lay.SET).nonzero()
+    cells = {}
+    for row, cell in sets.tolist():
+        cells.setdefault(row, []).append(cell)
+    for cs in cells.values():
+        phases = [cs[i:i + task.updates_per_phase] for i in range(0, len(cs), task.updates_per_phase)]
+        for phase in phases:
+            assert all(b - a == 6 for a, b in zip(phase, phase[1:]))
+    assert torch.equal(b.targets[b.answer_mask], reference_labels(b.tokens, lay)[0][b.answer_mask])

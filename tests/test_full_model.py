@@ -25,7 +25,9 @@ def model(seed=0, **kwargs):
 
 @pytest.mark.parametrize("kwargs", [dict(kind="delta"), dict(kind="linear"), dict(kind="delta", forget=True),
                                     dict(kind="mlp", momentum=True, forget=True, chunk_size=4),
-                                    dict(sidecar=0), dict(surprise=False, sidecar=3)])
+                                    dict(sidecar=0), dict(surprise=False, sidecar=3),
+                                    dict(sidecar_rank="recency", sidecar=3), dict(sidecar_rank="random", sidecar=3),
+                                    dict(sidecar_rank="write", sidecar=3)])
 def test_streaming_in_pieces_equals_one_call(kwargs):
     m, x = model(**kwargs), tokens(2, 61)
     with torch.no_grad():
@@ -37,6 +39,22 @@ def test_streaming_in_pieces_equals_one_call(kwargs):
     assert (torch.cat(outs, 1) - whole).abs().max() < 1e-10
     last, _ = m.stream(x[:, 40:], m.stream(x[:, :40])[1], last_only=True)
     assert last.shape == (2, 1, VOCAB) and (last[:, 0] - whole[:, -1]).abs().max() < 1e-10
+
+
+def test_sidecar_ranked_by_recency_keeps_the_latest_tokens():
+    from memorylib.sidecar import sidecar_weights
+
+    m, x = model(sidecar=3, sidecar_rank="recency"), tokens(2, 30)
+    with torch.no_grad():
+        h = m.features(x)
+        sig = m._signals(x, h)
+        weights, _ = sidecar_weights(*m._side_inputs(h), m._rank_scores(sig, m._gated_inputs(h, sig)), 3)
+    t = torch.arange(30)
+    allowed = (t[None, :] < t[:, None]) & (t[None, :] >= t[:, None] - 3)      # the 3 tokens before t
+    assert bool((weights[:, ~allowed] == 0).all()) and bool((weights[:, allowed] > 0).all())
+    random = model(sidecar=3, sidecar_rank="random")
+    assert not torch.equal(random._rank_scores({"surprise": torch.zeros(1, 8)}, {}, 0),
+                           random._rank_scores({"surprise": torch.zeros(1, 8)}, {}, 8))
 
 
 def state_after(m, length, piece=37):

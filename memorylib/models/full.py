@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_choice, check_int
 from ..sidecar import SidecarState, sidecar_attention, sidecar_weights
 from ..surprise import surprise_gate, token_surprise
 from ..tasks import TokenLayout
@@ -44,6 +44,9 @@ class FullStreamState:
         return self.context.numel() * self.context.element_size() + mem + side
 
 
+SIDECAR_RANKS = ("surprise", "recency", "random", "write")
+
+
 class FullRun(NamedTuple):
     """What :meth:`FullMemoryModel._run` gives: the read-out's activations ``y``, the memory's
     ``inputs`` and ``reads``, the sidecar's reads (None without one) and the two states (carried
@@ -70,7 +73,10 @@ class FullMemoryModel(LearnedMemoryModel):
     * the sidecar (:mod:`memorylib.sidecar`): the keys and values of the ``sidecar`` most
       surprising earlier tokens, kept verbatim and read by exact attention (``sidecar=0``: none).
       Its queries and keys are unit vectors times a learned scale, so a matching key stands out
-      at any length of the stream.
+      at any length of the stream. ``sidecar_rank`` says what "most" means: ``"surprise"`` (the
+      default), ``"recency"`` (the latest tokens), ``"random"`` (a fixed pseudo-random score per
+      position) or ``"write"`` (the memory's own write strength, its gated learning rate averaged
+      over heads): the ablations of chapter 8.
 
     The memory read (normalized) and the sidecar read are added to ``h`` through their own
     projections, then an MLP and the output head. ``threshold``, ``temperature`` and ``sidecar``
@@ -86,9 +92,11 @@ class FullMemoryModel(LearnedMemoryModel):
     """
 
     def __init__(self, *, sidecar: int = 16, surprise: bool = True, threshold: float = 0.5,
-                 temperature: float = 0.1, aux_weight: float = 0.1, sidecar_dim: int = 32, **kwargs):
+                 temperature: float = 0.1, aux_weight: float = 0.1, sidecar_dim: int = 32,
+                 sidecar_rank: str = "surprise", **kwargs):
         super().__init__(**kwargs)
         self.sidecar = check_int("sidecar", sidecar, 0)
+        self.sidecar_rank = check_choice("sidecar_rank", sidecar_rank, SIDECAR_RANKS)
         self.sidecar_dim = check_int("sidecar_dim", sidecar_dim, 1)
         self.surprise = bool(surprise)
         self.add_surprise_head(threshold, temperature, aux_weight)
@@ -115,19 +123,33 @@ class FullMemoryModel(LearnedMemoryModel):
             x["lr"] = x["lr"] * sig["gate"][:, None, :]
         return x
 
-    def _run(self, h, sig, memory_state=None, sidecar_state=None, streaming=False) -> "FullRun":
+    def _rank_scores(self, sig: dict, x: dict, offset: int = 0) -> torch.Tensor:
+        """``(B, T)``: what the sidecar keeps the highest of (``sidecar_rank``), for tokens at
+        absolute positions ``offset`` to ``offset + T - 1`` of their stream."""
+        if self.sidecar_rank == "surprise":
+            return sig["surprise"]
+        B, T = sig["surprise"].shape
+        if self.sidecar_rank == "write":
+            return x["lr"].detach().mean(1)
+        pos = torch.arange(offset, offset + T, dtype=torch.float64)
+        if self.sidecar_rank == "random":            # a fixed pseudo-random number per position
+            pos = torch.frac(torch.sin(pos * 12.9898 + 78.233) * 43758.5453)
+        return pos.to(sig["surprise"].dtype).expand(B, T)
+
+    def _run(self, h, sig, memory_state=None, sidecar_state=None, streaming=False, offset: int = 0) -> "FullRun":
         """From features ``h`` and surprise signals to the read-out's activations: the gated memory
-        and the sidecar read and fused. The states are carried only when ``streaming``."""
+        and the sidecar read and fused. The states are carried only when ``streaming``; ``offset``
+        is the position of ``h[:, 0]`` in its stream."""
         x = self._gated_inputs(h, sig)
         reads, memory_state = self.read_memory(x, memory_state)
         side = extra = None
         if self.sidecar > 0:
             q, k, v = self._side_inputs(h)
             if streaming:
-                side, sidecar_state = sidecar_attention(q, k, v, sig["surprise"], self.sidecar, state=sidecar_state,
-                                                        return_state=True)
+                side, sidecar_state = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self.sidecar,
+                                                        state=sidecar_state, return_state=True)
             else:
-                side = sidecar_attention(q, k, v, sig["surprise"], self.sidecar)
+                side = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self.sidecar)
             extra = self.side_out(side)
         y = self.fuse_memory(h, reads, extra)
         return FullRun(y, x, reads, side, memory_state, sidecar_state)
@@ -142,7 +164,7 @@ class FullMemoryModel(LearnedMemoryModel):
             read = source = None
             if self.sidecar > 0:
                 with torch.no_grad():
-                    weights, empty = sidecar_weights(*self._side_inputs(h), sig["surprise"], self.sidecar)
+                    weights, empty = sidecar_weights(*self._side_inputs(h), self._rank_scores(sig, x), self.sidecar)
                 read = 1 - empty                                      # how much came from cached tokens
                 top = weights.max(-1)
                 source = torch.where(top.values > empty, top.indices, -1).to(h.dtype)
@@ -175,7 +197,7 @@ class FullMemoryModel(LearnedMemoryModel):
         if memory is None and self.kind == "mlp":
             memory = MLPMemoryState.initial(self.w1, self.w2, B)
         sidecar = state.sidecar if state is not None else None
-        run = self._run(h, sig, memory, sidecar, streaming=True)
+        run = self._run(h, sig, memory, sidecar, streaming=True, offset=state.seen if state else 0)
         y = run.y[:, -1:] if last_only else run.y
         logits = self.logits_from(y)
         keep = self.receptive_field
@@ -204,7 +226,8 @@ class FullMemoryModel(LearnedMemoryModel):
             reads, _ = self.read_memory({**x, "q": probe["q"][:, :, p:p + 1].expand(-1, -1, T, -1)})
             extra = None
             if self.sidecar > 0:
-                side = sidecar_attention(qs[:, p:p + 1].expand(-1, T, -1), ks, vs, sig["surprise"], self.sidecar)
+                side = sidecar_attention(qs[:, p:p + 1].expand(-1, T, -1), ks, vs, self._rank_scores(sig, x),
+                                         self.sidecar)
                 extra = self.side_out(side)
             out.append(self.logits_from(self.fuse_memory(query_features[:, p:p + 1], reads, extra)))
         return torch.stack(out, dim=2)
@@ -228,4 +251,8 @@ MODELS = {
     "no_sidecar": fixed(FullMemoryModel, sidecar=0),
     "full_no_surprise": fixed(FullMemoryModel, surprise=False),
     "full_no_erase": fixed(FullMemoryModel, kind="linear"),
+    # chapter 8: what the sidecar keeps, ranked by something other than surprise
+    "full_rank_recency": fixed(FullMemoryModel, sidecar_rank="recency"),
+    "full_rank_random": fixed(FullMemoryModel, sidecar_rank="random"),
+    "full_rank_write": fixed(FullMemoryModel, sidecar_rank="write"),
 }

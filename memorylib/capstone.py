@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import reproducible
@@ -62,6 +63,56 @@ CAPSTONE = {
                     "tasks": ["changing_facts", "needle_recall"]},
 }
 
+# The capstone at matched budgets (chapter 8, issue-by-issue rebuilt): every model's learning rate
+# chosen from one grid on a validation stream, memories compared at equal state, a transformer
+# without positions, tasks that can separate the mechanisms, five seeds and 512 sequences.
+CHANGING_SPREAD = ("changing_facts", dict(seq_len=240, num_active_keys=3, updates_per_phase=6, queries_per_phase=2,
+                                          num_phases=2, min_distance=18, update_spacing=6))
+MATCHED = {
+    "name": "matched",
+    "out": "book/results/ch08_matched.json",
+    # label -> (registry name, options); the memories at about 8 KB of state are the full model's budget
+    "models": {
+        "tiny_transformer": ("tiny_transformer", {}), "nope_transformer": ("nope_transformer", {}),
+        "local_transformer": ("local_transformer", {}),
+        "slot_memory": ("slot_memory", {}), "slot_memory 32 slots": ("slot_memory", {"num_slots": 32}),
+        "fifo_memory": ("fifo_memory", {}), "no_forget": ("no_forget", {}),
+        "surprise_memory": ("surprise_memory", {}), "no_surprise": ("no_surprise", {}),
+        "linear_memory": ("linear_memory", {}), "delta_memory": ("delta_memory", {}),
+        "delta_memory 2 heads": ("delta_memory", {"memory_heads": 2}),
+        "gated_delta_memory": ("gated_delta_memory", {}), "titans_memory": ("titans_memory", {}),
+        "full_memory": ("full_memory", {}), "no_sidecar": ("no_sidecar", {}),
+        "full_no_surprise": ("full_no_surprise", {}), "full_no_erase": ("full_no_erase", {}),
+        "full_rank_recency": ("full_rank_recency", {}), "full_rank_random": ("full_rank_random", {}),
+        "full_rank_write": ("full_rank_write", {}),
+    },
+    "tasks": {
+        "associative_lookup": {"train": LOOKUP_SHORT, "eval": {"train": None, "default": ("associative_lookup", {})}},
+        "lookup_markov": {"train": ("associative_lookup", {**LOOKUP_SHORT[1], "filler": "markov"}),
+                          "eval": {"train": None, "default": ("associative_lookup", {"filler": "markov"})}},
+        "changing_facts": {"train": CHANGING_SHORT, "eval": {"train": None, "default": ("changing_facts", {})}},
+        "changing_spread": {"train": CHANGING_SPREAD,
+                            "eval": {"train": None,
+                                     "default": ("changing_facts", dict(seq_len=528, update_spacing=6))}},
+        "needle_markov": {"train": ("needle_recall", dict(seq_len=96, filler="markov")),
+                          "eval": {"train": None, "default": ("needle_recall", dict(seq_len=192, filler="markov"))}},
+        "multi_hop": {"train": MULTI_HOP_SHORT, "eval": {"train": None, "default": ("multi_hop", {})}},
+    },
+    # the sidecar's rankings only where a sidecar can matter (many facts, a learnable haystack)
+    "only": {m: ["associative_lookup", "lookup_markov", "changing_spread"]
+             for m in ("full_rank_recency", "full_rank_random", "full_rank_write")},
+    "length_extrapolation": {"from": "associative_lookup", "factors": [1, 2, 4, 8]},
+    "seeds": [0, 1, 2, 3, 4],
+    "lr_grid": [1e-3, 3e-3, 1e-2],
+    "tune_seeds": [0],           # each (model, task) trains at every rate of the grid with these seeds
+    "tune_on": "train",          # and keeps the rate with the best validation accuracy on this evaluation
+    "steps": 300, "batch_size": 64, "warmup": 50,
+    "num_examples": 512,
+    "checkpoints": {"models": ["slot_memory", "surprise_memory", "delta_memory", "full_memory", "no_sidecar",
+                               "full_no_surprise", "full_no_erase"],
+                    "tasks": ["changing_spread", "needle_markov", "lookup_markov"]},
+}
+
 REDUCED = {
     **CAPSTONE,
     "name": "reduced",
@@ -76,7 +127,22 @@ REDUCED = {
 """A reduced sweep for CI: two small models, two tasks, one seed, a few steps. It checks that the
 sweep runs end to end and writes a well-formed file, not what the models learn."""
 
-PRESETS = {"capstone": CAPSTONE, "reduced": REDUCED}
+REDUCED_MATCHED = {
+    **MATCHED,
+    "name": "reduced-matched",
+    "out": "runs/sweep_reduced_matched.json",
+    "models": {"local_transformer": ("local_transformer", {"d_model": 16, "num_heads": 2}),
+               "full_memory": ("full_memory", {"d_model": 16, "num_heads": 2}),
+               "full_rank_recency": ("full_rank_recency", {"d_model": 16, "num_heads": 2})},
+    "tasks": {name: MATCHED["tasks"][name] for name in ("associative_lookup", "needle_markov")},
+    "only": {"full_rank_recency": ["associative_lookup"]},
+    "seeds": [0, 1], "lr_grid": [3e-3, 1e-2], "tune_seeds": [0],
+    "steps": 4, "batch_size": 8, "warmup": 2, "num_examples": 16,
+    "checkpoints": {"models": ["full_memory"], "tasks": ["needle_markov"]},
+}
+"""The matched sweep in miniature, for the tests: tuning, per-label options, floors."""
+
+PRESETS = {"capstone": CAPSTONE, "matched": MATCHED, "reduced": REDUCED, "reduced-matched": REDUCED_MATCHED}
 
 
 def _task(entry):
@@ -87,45 +153,68 @@ def learning_rate(spec: dict, model: str) -> float:
     return spec["lr_learned"] if model in LEARNED else spec["lr"]
 
 
+def models_of(spec: dict) -> dict[str, tuple[str, dict]]:
+    """``{label: (registry name, options)}`` of a sweep: a list of names (every one built with the
+    spec's ``model_kwargs``) or a dict of labels."""
+    models = spec["models"]
+    if isinstance(models, dict):
+        return {label: (entry[0], dict(entry[1])) for label, entry in models.items()}
+    return {name: (name, dict(spec.get("model_kwargs") or {})) for name in models}
+
+
+def _rates(spec: dict, label: str, name: str) -> list[float]:
+    return list(spec["lr_grid"]) if "lr_grid" in spec else [learning_rate(spec, name)]
+
+
 def _key(row: dict) -> tuple:
-    return row["model"], row["task"], row["seed"]
+    return row["model"], row["task"], row["seed"], row["lr"]
 
 
 def _spec_for_record(spec: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in spec.items() if k != "out"}))
 
 
+def selected(rows: list[dict]) -> list[dict]:
+    """The rows a sweep reports: every row of a sweep without tuning, else the rows at each model's
+    chosen learning rate (``"selected": True``)."""
+    return [r for r in rows if r.get("selected", True)]
+
+
 def summary_table(rows: list[dict], eval_name: str = "default") -> dict:
     """``{model: {task: {"mean", "std", "min", "max", "n", "values"}}}`` of held-out accuracy over
-    seeds (sample standard deviation), for every task and, for length extrapolation, every factor
-    (``"length_extrapolation x4"``)."""
+    seeds (sample standard deviation) of the :func:`selected` rows, for every task and, for length
+    extrapolation, every factor (``"length_extrapolation x4"``); with ``eval_name="train"``, the
+    accuracy on each task's own training distribution."""
     values: dict = {}
-    for r in rows:
+    for r in selected(rows):
         for name, res in r["eval"].items():
             if name == eval_name:
                 label = r["task"]
             else:
-                label = f"length_extrapolation {name}" if name.startswith("x") else None
+                label = f"length_extrapolation {name}" if name.startswith("x") and eval_name == "default" else None
             if label is not None:
                 values.setdefault(r["model"], {}).setdefault(label, []).append(res["accuracy"])
-    out = {model: {task: describe(vals) for task, vals in by_task.items()} for model, by_task in values.items()}
-    return out
+    return {model: {task: describe(vals) for task, vals in by_task.items()} for model, by_task in values.items()}
 
 
 def checkpoint_path(out: Path, model: str, task: str) -> Path:
     """Where the median seed's weights of ``model`` on ``task`` are kept: beside the results file."""
-    return out.with_suffix("") / f"{model}__{task}.pt"
+    return out.with_suffix("") / f"{model.replace(' ', '_')}__{task}.pt"
+
+
+def _staged_path(out: Path, model: str, task: str, seed: int) -> Path:
+    return out.with_suffix(".seeds") / f"{model.replace(' ', '_')}__{task}__s{seed}.pt"
 
 
 def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> None:
     """Once every seed of (model, task) has run, copy the median seed's weights (seeds' weights
     wait in ``<out>.seeds/``, which is not part of the results) next to the results file."""
-    rows = [r for r in record["rows"] if r["model"] == model and r["task"] == task]
+    rows = [r for r in selected(record["rows"]) if r["model"] == model and r["task"] == task]
     if len(rows) < len(spec["seeds"]):
         return
     rows.sort(key=lambda r: (r["eval"]["default"]["accuracy"], r["seed"]))
     median = rows[(len(rows) - 1) // 2]
-    staged = out.with_suffix(".seeds") / f"{model}__{task}__s{median['seed']}.pt"
+    staged = _staged_path(out, model, task, median["seed"])
     if not staged.exists():
         return                                  # the seeds ran in a sitting that did not keep weights
     final = checkpoint_path(out, model, task)
@@ -135,63 +224,182 @@ def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> 
         r["checkpoint"] = str(final.name) if r is median else None
 
 
-def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, progress: bool = False,
-              command: str | None = None, models=None, tasks=None, seeds=None, log=print) -> dict:
-    """Run every (model, task, seed) row of ``spec`` not already in ``out`` and write the results
-    file after every row. ``models``, ``tasks``, ``seeds`` (optional) restrict which rows run now,
-    so a long sweep can be split over several sittings into one file. Returns the record: the
-    spec, the command, versions, machine, rows (each :func:`~memorylib.experiments.run`'s result
-    with ``task`` and ``seconds``), the summary table and the total time."""
-    for name, chosen, allowed in (("models", models, spec["models"]), ("tasks", tasks, list(spec["tasks"])),
-                                  ("seeds", seeds, spec["seeds"])):
-        bad = [x for x in (chosen or []) if x not in allowed]
-        if bad:
-            raise ValueError(f"{name} {bad} are not in the {spec['name']} sweep; its {name}: {allowed}")
-    out = Path(out or spec["out"])
-    spec_record = _spec_for_record(spec)
-    record = None
+@contextmanager
+def _locked(out: Path):
+    """Hold an exclusive lock on ``<out>.lock`` (several sweep processes may share one results
+    file: each re-reads it under the lock before adding its row). Without ``fcntl`` (Windows), no
+    lock: run one process per file there."""
+    try:
+        import fcntl
+    except ImportError:                          # pragma: no cover - not on the book's machines
+        yield
+        return
+    with open(out.with_name(out.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read(out: Path, spec_record: dict, resume: bool) -> dict:
     if resume and out.exists():
         record = json.loads(out.read_text())
         if record.get("spec") != spec_record:
             raise ValueError(f"{out} holds a sweep with another spec; pass resume=False (--fresh) to start over, "
                              "or write to another file")
-    if record is None:
-        record = {"spec": spec_record, "rows": [], "seconds": 0.0}
-    record.pop("pinned_arithmetic", None)             # the old spelling of numeric_env
-    record.update(reproducible.provenance(command or f"memorylib sweep --preset {spec['name']}"))
-    done = {_key(r) for r in record["rows"]}
+        return record
+    return {"spec": spec_record, "rows": [], "seconds": 0.0}
+
+
+def _evaluations(spec: dict, task_name: str) -> tuple:
+    """(training task, {eval name: task}) of one task of a sweep, length extrapolation included."""
+    entry = spec["tasks"][task_name]
+    train_task = _task(entry["train"])
+    evals = {name: train_task if e is None else _task(e) for name, e in entry["eval"].items()}
     extra = spec.get("length_extrapolation")
-    todo = [(m, t, s) for m in models or spec["models"] for t in tasks or spec["tasks"] for s in seeds or spec["seeds"]
-            if (m, t, s) not in done]
-    log(f"{len(done)} rows done, {len(todo)} to run -> {out}")
+    if extra and task_name == extra["from"]:
+        le = build_task("length_extrapolation", base=entry["train"][0], factors=tuple(extra["factors"]),
+                        **entry["train"][1])
+        evals.update({f"x{f}": le.eval_task(f) for f in le.factors})
+    return train_task, evals
+
+
+def floors(spec: dict, num_examples: int | None = None) -> dict:
+    """``{task: {eval name: {"accuracy", "ci"}}}``: the keyless floor (:mod:`memorylib.floors`) of
+    every evaluation of the sweep, on the held-out sequences of its first seed."""
+    from .floors import keyless_floor
+
+    out = {}
+    for task_name in spec["tasks"]:
+        _, evals = _evaluations(spec, task_name)
+        out[task_name] = {}
+        for name, task in evals.items():
+            r = keyless_floor(task, num_examples=num_examples or spec["num_examples"], seed=spec["seeds"][0])
+            out[task_name][name] = {"accuracy": r["accuracy"], "ci": r["ci"]}
+    return out
+
+
+def chosen_rate(rows: list[dict], spec: dict, model: str, task: str) -> float | None:
+    """The learning rate of ``model`` on ``task`` with the best mean validation accuracy (on the
+    evaluation ``spec["tune_on"]``) over the tuning seeds; a tie goes to the smaller rate. None
+    until every rate of the grid has run with every tuning seed."""
+    scores = {}
+    for lr in spec["lr_grid"]:
+        runs = [r for r in rows if r["model"] == model and r["task"] == task and r["lr"] == lr
+                and r["seed"] in spec["tune_seeds"]]
+        if len(runs) < len(spec["tune_seeds"]):
+            return None
+        scores[lr] = sum(r["validation"][spec["tune_on"]]["accuracy"] for r in runs) / len(runs)
+    return max(sorted(scores), key=lambda lr: (scores[lr], -lr))
+
+
+def _plan(spec: dict, record: dict, models, tasks, seeds) -> list[tuple]:
+    """The next rows to run, in order: ``(label, task, seed, lr, tuning)``. With a grid, a (model,
+    task)'s seeds beyond the tuning ones wait for its chosen rate."""
+    todo = []
+    done = {_key(r) for r in record["rows"]}
+    only = spec.get("only", {})
+    for label, (name, _) in models_of(spec).items():
+        if models and label not in models:
+            continue
+        for task_name in spec["tasks"]:
+            if (tasks and task_name not in tasks) or task_name not in only.get(label, [task_name]):
+                continue
+            if "lr_grid" not in spec:
+                lr = learning_rate(spec, name)
+                todo += [(label, task_name, s, lr, False) for s in seeds or spec["seeds"]
+                         if (label, task_name, s, lr) not in done]
+                continue
+            tune = [(label, task_name, s, lr, True) for lr in spec["lr_grid"] for s in spec["tune_seeds"]
+                    if (label, task_name, s, lr) not in done and (not seeds or s in seeds)]
+            todo += tune
+            lr = chosen_rate(record["rows"], spec, label, task_name)
+            if lr is not None:
+                todo += [(label, task_name, s, lr, False) for s in seeds or spec["seeds"]
+                         if s not in spec["tune_seeds"] and (label, task_name, s, lr) not in done]
+    return todo
+
+
+def _mark_selected(record: dict, spec: dict) -> None:
+    if "lr_grid" not in spec:
+        return
+    for r in record["rows"]:
+        lr = chosen_rate(record["rows"], spec, r["model"], r["task"])
+        r["selected"] = lr is not None and r["lr"] == lr
+
+
+def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, progress: bool = False,
+              command: str | None = None, models=None, tasks=None, seeds=None, log=print) -> dict:
+    """Run every row of ``spec`` not already in ``out`` and write the results file after every row.
+    ``models`` (labels), ``tasks``, ``seeds`` (optional) restrict which rows run now, so a long sweep
+    can be split over several sittings, or over several processes writing one file (each re-reads
+    it under a lock before adding a row; give them different models). Returns the record: the spec,
+    the command and :func:`~memorylib.reproducible.provenance`, rows (each
+    :func:`~memorylib.experiments.run`'s result with ``task``, ``seconds`` and, with a learning-rate
+    grid, its ``validation`` accuracy and whether it is ``selected``), the keyless ``floors``, the
+    summary ``table`` (and ``table_trained``: on the training distributions) and the total time.
+
+    With ``spec["lr_grid"]``, every (model, task) first trains at every rate with the
+    ``tune_seeds`` and is evaluated on the validation stream as well; the rate with the best
+    validation accuracy (:func:`chosen_rate`) is used for the other seeds, and the tuning run at
+    that rate is the result for its seed. The test sequences never choose anything."""
+    labels = models_of(spec)
+    for name, chosen, allowed in (("models", models, list(labels)), ("tasks", tasks, list(spec["tasks"])),
+                                  ("seeds", seeds, spec["seeds"])):
+        bad = [x for x in (chosen or []) if x not in allowed]
+        if bad:
+            raise ValueError(f"{name} {bad} are not in the {spec['name']} sweep; its {name}: {allowed}")
+    out = Path(out or spec["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    for model, task_name, seed in todo:
+    spec_record = _spec_for_record(spec)
+    with _locked(out):
+        record = _read(out, spec_record, resume)
+        if "lr_grid" in spec and "floors" not in record:
+            record["floors"] = floors(spec)
+        record.pop("pinned_arithmetic", None)             # the old spelling of numeric_env
+        record.update(reproducible.provenance(command or f"memorylib sweep --preset {spec['name']}"))
+        atomic_write_text(out, json.dumps(record, indent=1) + "\n")
+    log(f"{len(record['rows'])} rows done, {len(_plan(spec, record, models, tasks, seeds))} to run -> {out}")
+    keep = spec.get("checkpoints") or {}
+    while True:
+        with _locked(out):
+            record = _read(out, spec_record, True)
+        todo = _plan(spec, record, models, tasks, seeds)
+        if not todo:
+            break
+        label, task_name, seed, lr, tuning = todo[0]
+        name, kwargs = labels[label]
         entry = spec["tasks"][task_name]
-        train_task = _task(entry["train"])
-        evals = {name: train_task if e is None else _task(e) for name, e in entry["eval"].items()}
-        if extra and task_name == extra["from"]:
-            le = build_task("length_extrapolation", base=entry["train"][0], factors=tuple(extra["factors"]),
-                            **entry["train"][1])
-            evals.update({f"x{f}": le.eval_task(f) for f in le.factors})
+        train_task, evals = _evaluations(spec, task_name)
         start = time.perf_counter()
-        result, net = run(model, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"],
-                          lr=learning_rate(spec, model), warmup=spec["warmup"], model_kwargs=spec.get("model_kwargs"),
-                          eval_tasks=evals, num_examples=spec["num_examples"], progress=progress, return_model=True)
-        result.update(task=task_name, train_task=train_task.config(), seconds=round(time.perf_counter() - start, 1))
-        record["rows"].append(result)
-        keep = spec.get("checkpoints") or {}
-        if model in keep.get("models", []) and task_name in keep.get("tasks", []):
-            staged = out.with_suffix(".seeds") / f"{model}__{task_name}__s{seed}.pt"
+        validation = {spec["tune_on"]: evals[spec["tune_on"]]} if tuning else None
+        result, net = run(name, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"], lr=lr,
+                          warmup=spec["warmup"], model_kwargs=kwargs, eval_tasks=evals,
+                          num_examples=spec["num_examples"], progress=progress, return_model=True,
+                          validation_tasks=validation)
+        result.update(model=label, registry_model=name, task=task_name, train_task=train_task.config(),
+                      seconds=round(time.perf_counter() - start, 1))
+        if label in keep.get("models", []) and task_name in keep.get("tasks", []):
+            staged = _staged_path(out, label, task_name, seed)
             staged.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(staged, model=model, model_kwargs=spec.get("model_kwargs"), task=entry["train"][0],
+            save_checkpoint(staged, model=name, model_kwargs=kwargs, task=entry["train"][0],
                             task_kwargs=entry["train"][1], seed=seed, net=net,
                             train_config={"sweep": spec["name"], "steps": spec["steps"],
-                                          "batch_size": spec["batch_size"], "lr": learning_rate(spec, model),
-                                          "warmup": spec["warmup"]})
-            _keep_median(out, record, model, task_name, spec)
-        record["seconds"] = round(record["seconds"] + result["seconds"], 1)
-        record["table"] = summary_table(record["rows"])
-        atomic_write_text(out, json.dumps(record, indent=1) + "\n")   # a stopped sweep never leaves half a file
+                                          "batch_size": spec["batch_size"], "lr": lr, "warmup": spec["warmup"]})
+        with _locked(out):
+            record = _read(out, spec_record, True)
+            if _key(result) not in {_key(r) for r in record["rows"]}:      # another process may have run it
+                record["rows"].append(result)
+                record["seconds"] = round(record["seconds"] + result["seconds"], 1)
+            _mark_selected(record, spec)
+            if label in keep.get("models", []) and task_name in keep.get("tasks", []):
+                _keep_median(out, record, label, task_name, spec)
+            record["table"] = summary_table(record["rows"])
+            if "lr_grid" in spec:
+                record["table_trained"] = summary_table(record["rows"], "train")
+            atomic_write_text(out, json.dumps(record, indent=1) + "\n")   # a stopped sweep never leaves half a file
         acc = result["eval"]["default"]["accuracy"]
-        log(f"{model:18s} {task_name:20s} seed {seed}: default {acc:.3f}  ({result['seconds']} s)")
+        how = f"lr {lr:g}" + (f", validation {result['validation'][spec['tune_on']]['accuracy']:.3f}" if tuning else "")
+        log(f"{label:20s} {task_name:20s} seed {seed} ({how}): default {acc:.3f}  ({result['seconds']} s)")
     return record

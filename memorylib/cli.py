@@ -17,6 +17,7 @@ torch is imported inside the handlers, so ``memorylib --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import sys
@@ -707,8 +708,10 @@ def _stream(args, argv: list) -> int:
 
 def _sweep_arguments(p) -> None:
     p.add_argument("--preset", default="capstone", metavar="NAME",
-                   help="capstone (the book's table; hours on 2 cores) or reduced (seconds; what CI runs)")
-    p.add_argument("--models", metavar="A,B", help="only these models (comma-separated registry names)")
+                   help="capstone (the book's table; hours on 2 cores), matched (the capstone at matched budgets, "
+                        "learning rates tuned on a validation stream; many hours), reduced or reduced-matched "
+                        "(seconds; what the tests run)")
+    p.add_argument("--models", metavar="A,B", help="only these models (comma-separated labels of the sweep)")
     p.add_argument("--tasks", metavar="X,Y", help="only these tasks")
     p.add_argument("--seeds", type=_int_at_least(0), nargs="+", metavar="N", help="only these seeds")
     p.add_argument("--out", metavar="FILE.json", help="results file (default: the preset's)")
@@ -718,23 +721,27 @@ def _sweep_arguments(p) -> None:
 
 def _sweep(args, argv: list) -> int:
     """Run a sweep preset (optionally restricted), resuming a stopped one, and print its table."""
-    from .capstone import PRESETS, run_sweep
-    from .registry import model_names, task_names
+    from .capstone import PRESETS, models_of, run_sweep
+    from .registry import task_names
 
     if args.preset not in PRESETS:
         raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
     spec = PRESETS[args.preset]
+    labels = list(models_of(spec))
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     for m in models or []:
-        if m not in model_names():
-            _build("model", m, {})              # raises the registry's did-you-mean error
+        if m not in labels:
+            close = difflib.get_close_matches(m, labels, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CLIError(f"--models: {m!r} is not a model of the {spec['name']} sweep{hint}; "
+                           f"its models: {', '.join(labels)}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     for t in tasks or []:
-        if t not in task_names():
-            _build("task", t, {})
         if t == "length_extrapolation":
             raise CLIError("--tasks: length_extrapolation is not trained on its own; it evaluates the "
                            "associative_lookup models at longer lengths")
+        if t not in spec["tasks"] and t not in task_names():
+            _build("task", t, {})
     out = Path(args.out or spec["out"])
     try:
         record = run_sweep(spec, out, resume=not args.fresh, progress=args.progress,
@@ -742,18 +749,29 @@ def _sweep(args, argv: list) -> int:
                            seeds=sorted(set(args.seeds)) if args.seeds else None)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    table = record["table"]
-    columns = list(spec["tasks"]) + [f"length_extrapolation x{f}" for f in spec["length_extrapolation"]["factors"]
-                                     if "associative_lookup" in spec["tasks"]]
+    table = record.get("table", {})
+    extra = spec.get("length_extrapolation") or {}
+    columns = list(spec["tasks"]) + [f"length_extrapolation x{f}" for f in extra.get("factors", [])
+                                     if extra.get("from") in spec["tasks"]]
     short = {c: c.replace("length_extrapolation ", "len ").replace("associative_lookup", "lookup")
              .replace("changing_facts", "changing").replace("needle_recall", "needle") for c in columns}
-    print(f"{'model':18s}" + "".join(f"{short[c]:>16s}" for c in columns))
-    for model in spec["models"]:
+    width = max(18, *(len(label) + 2 for label in labels))
+    print(f"{'model':{width}s}" + "".join(f"{short[c][:15]:>16s}" for c in columns))
+    for model in labels:
         cells = []
         for c in columns:
             t = table.get(model, {}).get(c)
             cells.append(f"{t['mean']:.3f} ± {t['std']:.3f}".rjust(16) if t else "—".rjust(16))
-        print(f"{model:18s}" + "".join(cells))
+        print(f"{model:{width}s}" + "".join(cells))
+    if record.get("floors"):
+        cells = []
+        for c in columns:
+            if c.startswith("length_extrapolation x"):
+                floor = record["floors"].get(extra["from"], {}).get("x" + c.rsplit("x", 1)[1])
+            else:
+                floor = record["floors"].get(c, {}).get("default")
+            cells.append(f"{floor['accuracy']:.3f}".rjust(16) if floor else "—".rjust(16))
+        print(f"{'keyless floor':{width}s}" + "".join(cells))
     print(f"\nheld-out accuracy, mean ± standard deviation over the seeds run so far (sweep: {spec['seeds']}); "
           f"{len(record['rows'])} rows in {out} ({record['seconds'] / 60:.1f} min of training and evaluation)")
     return 0

@@ -392,9 +392,10 @@ def test_reduced_sweep_writes_every_row_resumes_and_matches_the_library(tmp_path
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--preset", "huge"], "--preset must be one of capstone, reduced, got 'huge'"),
-    (["--preset", "reduced", "--models", "full_memroy"], "unknown model 'full_memroy' (did you mean 'full_memory'?)"),
-    (["--preset", "reduced", "--models", "slot_memory"], "models ['slot_memory'] are not in the reduced sweep"),
+    (["--preset", "huge"], "--preset must be one of capstone, matched, reduced, reduced-matched, got 'huge'"),
+    (["--preset", "reduced", "--models", "full_memroy"],
+     "'full_memroy' is not a model of the reduced sweep (did you mean 'full_memory'?)"),
+    (["--preset", "reduced", "--models", "slot_memory"], "its models: local_transformer, full_memory"),
     (["--preset", "reduced", "--tasks", "length_extrapolation"], "length_extrapolation is not trained on its own"),
     (["--preset", "reduced", "--seeds", "5"], "seeds [5] are not in the reduced sweep"),
 ])
@@ -402,6 +403,47 @@ def test_bad_sweep_arguments(argv, match, tmp_path, capsys):
     assert main(["sweep", *argv, "--out", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1
+
+
+def test_matched_sweep_tunes_the_rate_on_validation_and_reports_the_chosen_rows(tmp_path, capsys):
+    from memorylib.capstone import REDUCED_MATCHED, chosen_rate, selected
+
+    out = tmp_path / "matched.json"
+    assert main(["sweep", "--preset", "reduced-matched", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    rows = record["rows"]
+    # 2 models x 2 tasks + 1 ranked model x 1 task, each: 2 rates x seed 0 (tuning), then seed 1 at the chosen rate
+    assert len(rows) == 5 * 3 and "keyless floor" in text
+    for (model, task) in {(r["model"], r["task"]) for r in rows}:
+        mine = [r for r in rows if (r["model"], r["task"]) == (model, task)]
+        lr = chosen_rate(rows, REDUCED_MATCHED, model, task)
+        assert sorted(r["lr"] for r in mine if r["seed"] == 0) == [3e-3, 1e-2]
+        assert all("validation" in r for r in mine if r["seed"] == 0)
+        assert [r["lr"] for r in mine if r["seed"] == 1] == [lr] and "validation" not in mine[-1]
+        assert sorted(r["seed"] for r in selected(mine)) == [0, 1] and all(r["lr"] == lr for r in selected(mine))
+        best = max(r["validation"]["train"]["accuracy"] for r in mine if r["seed"] == 0)
+        assert next(r for r in mine if r["seed"] == 0 and r["lr"] == lr)["validation"]["train"]["accuracy"] == best
+    assert {r["registry_model"] for r in rows if r["model"] == "full_rank_recency"} == {"full_rank_recency"}
+    assert record["table"]["full_memory"]["needle_markov"]["n"] == 2
+    assert record["floors"]["needle_markov"]["default"]["accuracy"] == 1.0
+    assert 0.4 < record["floors"]["associative_lookup"]["train"]["accuracy"] < 0.7
+    assert set(record["table_trained"]["full_memory"]) == {"associative_lookup", "needle_markov"}
+    assert main(["sweep", "--preset", "reduced-matched", "--out", str(out)]) == 0
+    assert "15 rows done, 0 to run" in capsys.readouterr().out
+
+
+def test_two_sweep_processes_share_one_results_file(tmp_path):
+    out = tmp_path / "shared.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "memorylib", "sweep", "--preset", "reduced", "--out", str(out),
+                               "--models", model], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for model in ("local_transformer", "full_memory")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["model"], r["task"]) for r in rows) == sorted(
+        (m, t) for m in ("local_transformer", "full_memory") for t in ("associative_lookup", "needle_recall"))
 
 
 def test_sweep_refuses_to_resume_a_file_with_another_spec(tmp_path, capsys):

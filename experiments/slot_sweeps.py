@@ -44,6 +44,7 @@ from memorylib.analysis import slot_statistics  # noqa: E402
 from memorylib.capstone import CHANGING_SHORT, LOOKUP_SHORT  # noqa: E402
 from memorylib.checkpoint import save_checkpoint  # noqa: E402
 from memorylib.experiments import run  # noqa: E402
+from memorylib.files import atomic_write_text  # noqa: E402
 from memorylib.knobs import memory_size  # noqa: E402
 from memorylib.models import SlotMemoryModel  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
@@ -250,7 +251,7 @@ def first_stage(spec: dict, seeds: list[int]) -> None:
                 "label": label, "seed": seed, "pretrain": stored["pretrain"], "batch_size": spec["batch_size"],
                 "history": result["history"], "history_equals_sweep": same,
                 "seconds": round(time.perf_counter() - t0, 1)}
-        (ckpt_dir / f"stage1_seed{seed}.json").write_text(json.dumps(info, indent=1) + "\n")
+        atomic_write_text(ckpt_dir / f"stage1_seed{seed}.json", json.dumps(info, indent=1) + "\n")
         print(f"{label} seed {seed}: stage 1 in {info['seconds']} s, history equals the sweep's: {same}", flush=True)
 
 
@@ -258,16 +259,42 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("chapter", choices=sorted(SWEEPS) + ["ch03-stage1"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", metavar="LABEL",
+                        help="re-run only these rows and put them in place of the same rows of the existing "
+                             "record (after a change that affects only them)")
     parser.add_argument("--out", help="output JSON (default: the chapter's file under book/results/)")
     args = parser.parse_args(argv)
     if args.chapter == "ch03-stage1":
         first_stage(CH03, args.seeds)
         return 0
     spec = SWEEPS[args.chapter]
-    result = sweep(spec, args.seeds)
     out = ROOT / (args.out or spec["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    if not out.parent.is_dir() and not args.rows:
+        out.parent.mkdir(parents=True)
+    if args.rows:
+        labels = [row[0] for row in spec["rows"]]
+        bad = [r for r in args.rows if r not in labels]
+        if bad:
+            parser.error(f"--rows {bad} are not rows of {args.chapter}; its rows: {labels}")
+        if not out.exists():
+            parser.error(f"--rows replaces rows of an existing record, and {out} does not exist")
+        record = json.loads(out.read_text())
+        part = sweep({**spec, "rows": [row for row in spec["rows"] if row[0] in args.rows]}, args.seeds)
+        if record["seeds"] != part["seeds"] or record["train_task"] != part["train_task"]:
+            parser.error(f"{out} was made with other seeds or tasks; re-run the whole sweep")
+        rows = [r for r in record["rows"] if r["label"] not in args.rows] + part["rows"]
+        rows.sort(key=lambda r: (labels.index(r["label"]), r["seed"]))
+        kept = {k: v for k, v in record.items() if k not in part or k in ("command", "total_seconds")}
+        result = {**part, **kept, "rows": rows,
+                  "rerun": {"command": part["command"], "rows": args.rows, **{k: part[k] for k in
+                                                                             ("torch", "fingerprint", "numeric_env")}},
+                  "total_seconds": round(sum(r["seconds"] for r in rows), 1)}
+        if record.get("fingerprint") != part["fingerprint"]:
+            parser.error(f"{out} was made with fingerprint {record.get('fingerprint')}, this machine has "
+                         f"{part['fingerprint']}: re-run the whole sweep so its rows share one arithmetic")
+    else:
+        result = sweep(spec, args.seeds)
+    atomic_write_text(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(f"wrote {out.relative_to(ROOT)} in {result['total_seconds']} s")
     return 0
 

@@ -38,8 +38,9 @@ Write policies (``write_policy``):
   utilization loss is meant to fight (chapter 2);
 * ``"lru"``: always the least recently used slot (largest ``age``);
 * ``"fifo"``: round robin; the pointer advances by the write strength ``g_t`` after each token;
-* ``"random"``: a slot drawn uniformly per token, from a generator seeded by ``seed`` (causal:
-  it depends on the position only).
+* ``"random"``: a slot drawn uniformly per position, from a generator seeded by ``seed`` at every
+  call: the same draws for every sequence of a batch, so a sequence's slots depend on its
+  positions only (causal, and independent of its row in the batch and of the batch's size).
 
 Slot choice by ``lru``, ``fifo`` and ``random`` is a hard one-hot choice that gradients do not
 flow through; the gates and contents they write are still learned.
@@ -263,8 +264,11 @@ class SlotMemory(nn.Module):
         S, D = self.num_slots, self.slot_dim
         random_slots = None
         if self.write_policy == "random":
+            # one draw per position, the same for every sequence of the batch: a sequence's slots
+            # depend on its positions only, not on its row or on how many rows the batch has
             gen = torch.Generator().manual_seed(self.seed)
-            random_slots = F.one_hot(torch.randint(0, S, (B, T), generator=gen), S).to(h.device, h.dtype)
+            slots = torch.randint(0, S, (T,), generator=gen)
+            random_slots = F.one_hot(slots, S).to(h.device, h.dtype).expand(B, T, S)
         # Keys and values are updated by the same erase-then-add, so they live in one tensor
         # (B, S, 2D) for the loop: one write per token instead of two.
         mem = torch.cat([state.keys, state.values], dim=-1)

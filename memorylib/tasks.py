@@ -347,6 +347,8 @@ class ChangingFacts(Task):
     first phase assigns every active key once before re-assigning. The value a query's answer
     overwrote is recorded in ``stale`` so a "stale answer" rate can be measured.
 
+    A sequence longer than the phases need shares the spare filler among the phases' gaps, so the
+    same facts and questions are spread over it (as :class:`LengthExtrapolation` promises).
     ``update_spacing`` puts that many cells between the starts of consecutive updates (1: one
     after the other, the default; 6: 18 tokens apart, so that a key restated in a phase is
     restated far from its earlier value, beyond a 16-token window).
@@ -379,6 +381,9 @@ class ChangingFacts(Task):
 
     def _generate(self, batch_size, g):
         lay, A, B = self.layout, self.num_active_keys, batch_size
+        # a longer sequence than the phases need spreads them out: the spare cells of filler are
+        # shared among the phases' gaps, so evidence lies farther back (length extrapolation)
+        extra_gap = (self.num_cells - self.num_phases * self._phase_cells) // self.num_phases
         b = self._empty(B, g)
         keys = _rand_perm(B, lay.num_keys, g)[:, :A] + lay.key_start      # the active keys
         current = torch.full((B, A), -1, dtype=torch.long)    # current value of each active key
@@ -404,7 +409,7 @@ class ChangingFacts(Task):
                 self._write_cells(b.tokens, torch.full((B, 1), cell), lay.SET,
                                   keys[rows, which].unsqueeze(1), new.unsqueeze(1))
                 cell += self.update_spacing if u < self.updates_per_phase - 1 else 1
-            cell += _gap_cells(self.min_distance)
+            cell += _gap_cells(self.min_distance) + extra_gap
             asked = _rand_perm(B, A, g)[:, :self.queries_per_phase]
             qcells = cell + torch.arange(self.queries_per_phase).expand(B, -1)
             answers = current.gather(1, asked)

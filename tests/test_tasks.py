@@ -193,3 +193,15 @@ def test_spaced_updates_restate_a_key_far_from_its_earlier_value():
         for phase in phases:
             assert all(b - a == 6 for a, b in zip(phase, phase[1:]))
     assert torch.equal(b.targets[b.answer_mask], reference_labels(b.tokens, lay)[0][b.answer_mask])
+
+
+@pytest.mark.parametrize("base", ["associative_lookup", "changing_facts", "multi_hop"])
+def test_length_extrapolation_spreads_the_same_facts_over_the_longer_stream(base):
+    protocol = build_task("length_extrapolation", base=base, seq_len=192 if base == "changing_facts" else 168)
+    means = []
+    for factor in protocol.factors:
+        b = protocol.eval_task(factor).sample(128, seed=0)
+        means.append(float(b.distance[b.answer_mask].float().mean()))
+        assert torch.equal(b.targets[b.answer_mask], reference_labels(b.tokens, hops=2 if base == "multi_hop" else 1)
+                           [0][b.answer_mask])
+    assert all(later > 1.6 * earlier for earlier, later in zip(means, means[1:]))

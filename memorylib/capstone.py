@@ -244,7 +244,19 @@ def _locked(out: Path):
 
 def _read(out: Path, spec_record: dict, resume: bool) -> dict:
     if resume and out.exists():
-        record = json.loads(out.read_text())
+        try:
+            record = json.loads(out.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot resume from {out}: it is not a readable JSON file ({type(err).__name__}: "
+                             f"{str(err)[:120]}); pass --fresh to start over, or write to another file") from None
+        if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+            raise ValueError(f"cannot resume from {out}: it is not a sweep record (a JSON object with a list of "
+                             "rows); pass --fresh to start over, or write to another file")
+        bad = [i for i, r in enumerate(record["rows"])
+               if not isinstance(r, dict) or not {"model", "task", "seed", "lr", "eval"} <= set(r)]
+        if bad:
+            raise ValueError(f"cannot resume from {out}: its row {bad[0]} is not a sweep row (model, task, seed, lr, "
+                             "eval)")
         if record.get("spec") != spec_record:
             raise ValueError(f"{out} holds a sweep with another spec; pass resume=False (--fresh) to start over, "
                              "or write to another file")
@@ -359,7 +371,7 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
             record["floors"] = floors(spec)
         record.pop("pinned_arithmetic", None)             # the old spelling of numeric_env
         record.update(reproducible.provenance(command or f"memorylib sweep --preset {spec['name']}"))
-        atomic_write_text(out, json.dumps(record, indent=1) + "\n")
+        atomic_write_text(out, json.dumps(record, indent=1, allow_nan=False) + "\n")
     log(f"{len(record['rows'])} rows done, {len(_plan(spec, record, models, tasks, seeds))} to run -> {out}")
     keep = spec.get("checkpoints") or {}
     while True:
@@ -398,7 +410,8 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
             record["table"] = summary_table(record["rows"])
             if "lr_grid" in spec:
                 record["table_trained"] = summary_table(record["rows"], "train")
-            atomic_write_text(out, json.dumps(record, indent=1) + "\n")   # a stopped sweep never leaves half a file
+            # atomic: a stopped sweep never leaves half a file; strict JSON: a NaN is an error
+            atomic_write_text(out, json.dumps(record, indent=1, allow_nan=False) + "\n")
         acc = result["eval"]["default"]["accuracy"]
         how = f"lr {lr:g}" + (f", validation {result['validation'][spec['tune_on']]['accuracy']:.3f}" if tuning else "")
         log(f"{label:20s} {task_name:20s} seed {seed} ({how}): default {acc:.3f}  ({result['seconds']} s)")

@@ -90,6 +90,13 @@ def read_checkpoint(path) -> dict:
         if not isinstance(ckpt[key], kind):
             raise ValueError(f"{str(path)!r} is not a memorylib checkpoint: {key} is a "
                              f"{type(ckpt[key]).__name__}, not a {kind.__name__}")
+    if isinstance(ckpt["seed"], bool) or ckpt["seed"] < 0:
+        raise ValueError(f"{str(path)!r} is not a memorylib checkpoint: seed must be an int >= 0, got {ckpt['seed']!r}")
+    for key in ("model_kwargs", "task_kwargs", "state_dict"):
+        bad = [k for k in ckpt[key] if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"{str(path)!r} is not a memorylib checkpoint: the keys of {key} must be names, "
+                             f"got {bad[0]!r}")
     if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
         raise ValueError(f"{str(path)!r} is not a memorylib checkpoint: its state_dict holds values "
                          "that are not tensors")

@@ -137,14 +137,15 @@ def check_qkv(q, k, v, layout: str = "(batch, heads, seq_len, dim)") -> None:
 
 
 def check_tokens(tokens, vocab_size: int) -> torch.Tensor:
-    """``tokens`` if it is a ``(batch, seq_len)`` int64 tensor (``seq_len >= 1``) of ids in
+    """``tokens`` if it is a ``(batch, seq_len)`` int64 tensor (``batch, seq_len >= 1``) of ids in
     ``[0, vocab_size)``, else a ``ValueError`` that says which of these it is not."""
     if not isinstance(tokens, torch.Tensor):
         raise ValueError(f"tokens must be a torch.Tensor of shape (batch, seq_len), got {type(tokens).__name__}")
     if tokens.dtype != torch.long:
         raise ValueError(f"tokens must have dtype torch.int64 (long), got {tokens.dtype}")
-    if tokens.dim() != 2 or tokens.shape[1] == 0:
-        raise ValueError(f"tokens must have shape (batch, seq_len) with seq_len >= 1, got {tuple(tokens.shape)}")
+    if tokens.dim() != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(f"tokens must have shape (batch, seq_len) with batch >= 1 and seq_len >= 1, got "
+                         f"{tuple(tokens.shape)}")
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
         raise ValueError(f"token ids must be in [0, {vocab_size}), got values in "
                          f"[{int(tokens.min())}, {int(tokens.max())}]")

@@ -19,15 +19,19 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-RUN_FORMAT, EVAL_FORMAT = "memorylib-run", "memorylib-eval"
+RUN_FORMAT, EVAL_FORMAT, STREAM_FORMAT = "memorylib-run", "memorylib-eval", "memorylib-stream"
 LOG_EVERY = 25          # training history points, as in memorylib.experiments.run
 EVAL_BATCH = 32         # evaluate()'s batch size: demo draws its sequence the same way
 SHORT_SEQUENCE = 48     # demo prints sequences up to this length in full
+MAX_DEMO_INDEX = 65535  # demo draws every held-out batch up to its sequence: seconds, not hours
+MAX_BATCH = 65536       # sequences per step or per evaluation batch
 
 
 class CLIError(ValueError):
@@ -77,6 +81,18 @@ def _int_at_least(low: int):
             value = None
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+def _int_in(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an int in [{low}, {high}], got {text!r}")
         return value
     return parse
 
@@ -243,7 +259,44 @@ def _versions() -> dict:
 def _write_json(path: Path, data: dict) -> None:
     from .files import atomic_write_text
 
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")   # strict JSON: NaN is an error
+
+
+PLOT_MARK = "memorylib-plot"      # in the layout's meta of every figure plot writes
+
+
+def _is_own_output(path: Path, fmt: str) -> bool:
+    """Is the file at ``path`` memorylib's own output of kind ``fmt`` (a JSON record's ``format``;
+    for plot, the mark in the figure)?"""
+    try:
+        if fmt == PLOT_MARK:
+            return path.suffix.lower() in (".html", ".htm") and PLOT_MARK in path.read_text(errors="replace")
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == fmt
+
+
+def check_output(path, fmt: str, force: bool = False, inputs=(), flag: str = "--out") -> Path:
+    """Check where a command will write before it does any work: not one of its ``inputs``, not a
+    folder, a folder that exists (or can be made) and can be written to; an existing file is
+    replaced only if it is memorylib's own output of the same kind, or with ``--force``."""
+    out = Path(path)
+    for given in inputs:
+        if given is not None and Path(given).exists() and out.exists() and out.resolve() == Path(given).resolve():
+            raise CLIError(f"{flag} {str(out)!r} is also this command's input; write the output elsewhere")
+    if out.is_dir():
+        raise CLIError(f"{flag} {str(out)!r} is a folder; give a file name")
+    if out.exists() and not force and not _is_own_output(out, fmt):
+        raise CLIError(f"{flag} {str(out)!r} exists and is not a {fmt} file written by memorylib; pass --force "
+                       "to overwrite it, or choose another name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise CLIError(f"cannot write {flag} {str(out)!r}: {err.strerror or err}") from None
+    return out
 
 
 def _add_model_source(p) -> None:
@@ -272,7 +325,7 @@ def _train_arguments(p) -> None:
     p.add_argument("--task-arg", metavar="KEY=VALUE", type=key_value, action="append",
                    help="task option (repeatable), e.g. seq_len=96")
     p.add_argument("--steps", type=_int_at_least(1), default=300, metavar="N", help="training steps (default 300)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=64, metavar="N",
+    p.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), default=64, metavar="N",
                    help="sequences per step (default 64)")
     p.add_argument("--lr", type=_positive_float, default=1e-2, metavar="X", help="peak learning rate (default 0.01)")
     p.add_argument("--warmup", type=_int_at_least(0), default=50, metavar="N", help="warm-up steps (default 50)")
@@ -286,6 +339,39 @@ def _train_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _write_run(run_dir: Path, model, args, model_kwargs: dict, task_kwargs: dict, config: dict, command: list,
+               metrics: dict) -> None:
+    """Write a run folder so that it is whole or absent: the files go to a new hidden folder beside
+    it (``metrics.json``, which marks a run complete, last), which then takes the run's name; an
+    earlier run of that name (``--force``) is removed only after that. A failure on the way (a full
+    disk, an interrupt) leaves the earlier run as it was and nothing that blocks a re-run."""
+    import shutil
+
+    from .checkpoint import save_checkpoint
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
+    old = None
+    try:
+        save_checkpoint(staging / "checkpoint.pt", model=args.model, model_kwargs=model_kwargs, task=args.task,
+                        task_kwargs=task_kwargs, seed=args.seed, net=model, train_config=config)
+        _write_json(staging / "config.json", {**config, "command": command})
+        _write_json(staging / "metrics.json", metrics)
+        if run_dir.exists():
+            old = run_dir.with_name(f".{run_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+            run_dir.rename(old)
+        staging.rename(run_dir)
+    except OSError as err:
+        raise CLIError(f"cannot write the run folder {str(run_dir)!r}: {err.strerror or err}; "
+                       "an earlier run of that name is unchanged") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and run_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:                 # the new run could not take its place: put the old one back
+            old.rename(run_dir)
+
+
 def _train(args, argv: list) -> int:
     """Train, evaluate on held-out data, write checkpoint.pt, metrics.json and config.json.
 
@@ -295,7 +381,6 @@ def _train(args, argv: list) -> int:
     import torch
 
     from . import reproducible
-    from .checkpoint import save_checkpoint
     from .training import train
 
     model_kwargs = _kwargs(args.model_arg, "--model-arg")
@@ -303,10 +388,21 @@ def _train(args, argv: list) -> int:
     name = args.name or f"{args.model}-{args.task}-s{args.seed}"
     if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
         raise CLIError(f"--name must be a folder name, not a path, got {name!r}")
-    run_dir = Path(args.runs) / name
+    runs = Path(args.runs)
+    run_dir = runs / name
+    if runs.exists() and not runs.is_dir():
+        raise CLIError(f"--runs {str(runs)!r} is a file, not a folder")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CLIError(f"{str(run_dir)!r} exists and is not a run folder; choose another --name")
     if run_dir.exists() and not args.force:
         raise CLIError(f"run folder {str(run_dir)!r} already exists; pass --force to overwrite it "
                        "or choose another --name")
+    try:                                      # where the run will be written: checked before any work
+        runs.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs, prefix=f".{name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise CLIError(f"cannot write run folders in --runs {str(runs)!r}: {err.strerror or err}") from None
     task = _build("task", args.task, task_kwargs)
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -323,14 +419,7 @@ def _train(args, argv: list) -> int:
     config = {"model": args.model, "model_kwargs": model_kwargs, "task": args.task, "task_kwargs": task_kwargs,
               "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "warmup": args.warmup, "eval_examples": args.eval_examples}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        save_checkpoint(run_dir / "checkpoint.pt", model=args.model, model_kwargs=model_kwargs, task=args.task,
-                        task_kwargs=task_kwargs, seed=args.seed, net=model, train_config=config)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
     command = ["memorylib", *argv]
-    _write_json(run_dir / "config.json", {**config, "command": command})
     metrics = {"format": RUN_FORMAT, "format_version": 1, "name": name, **config,
                "task_config": task.config(),
                "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -339,7 +428,7 @@ def _train(args, argv: list) -> int:
                            "total_s": round(done - start, 2)},
                "command": command, "versions": _versions(), "provenance": reproducible.provenance(),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_json(run_dir / "metrics.json", metrics)
+    _write_run(run_dir, model, args, model_kwargs, task_kwargs, config, command, metrics)
     print(results_table(evals))
     print(f"\n{args.eval_examples} held-out sequences per task (seed {args.seed}); n: scored answers.")
     print(f"trained {args.steps} steps in {trained - start:.1f} s, evaluated in {done - trained:.1f} s")
@@ -359,10 +448,13 @@ def _eval_arguments(p) -> None:
                    help="evaluation data seed, and the initialisation seed of a fresh --model "
                         "(default: the checkpoint's seed, else 0)")
     p.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not an eval result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _eval(args, argv: list) -> int:
+    if args.out:
+        check_output(args.out, EVAL_FORMAT, args.force, inputs=[args.checkpoint])
     model, info = _model_from_args(args)
     ckpt = info["ckpt"]
     seed = args.seed if args.seed is not None else (ckpt["seed"] if ckpt else 0)
@@ -384,7 +476,6 @@ def _eval(args, argv: list) -> int:
                   "num_examples": num_examples, "results": results, "command": ["memorylib", *argv],
                   "versions": _versions()}
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
             _write_json(out, record)
         except OSError as err:
             raise CLIError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
@@ -395,8 +486,14 @@ def _eval(args, argv: list) -> int:
 # --- plot -------------------------------------------------------------------------------------
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _is_result(r) -> bool:
-    return isinstance(r, dict) and all(k in r for k in ("accuracy", "ci", "chance"))
+    """An evaluation result: numbers for accuracy and chance, an interval of two numbers."""
+    return (isinstance(r, dict) and _is_number(r.get("accuracy")) and _is_number(r.get("chance"))
+            and isinstance(r.get("ci"), list) and len(r["ci"]) == 2 and all(map(_is_number, r["ci"])))
 
 
 def _figure_from_json(path: str):
@@ -429,6 +526,7 @@ def _plot_arguments(p) -> None:
     p.add_argument("file", metavar="FILE.json", help="a run's metrics.json or the JSON of eval --out")
     p.add_argument("--out", metavar="FILE.html|FILE.png",
                    help="where to write (default: FILE.html beside the input); .png needs kaleido")
+    p.add_argument("--force", action="store_true", help="overwrite --out even if plot did not write it")
 
 
 def _write_png(fig, out: Path) -> None:
@@ -438,8 +536,11 @@ def _write_png(fig, out: Path) -> None:
         raise CLIError("PNG export needs plotly's image exporter kaleido, which is not installed: "
                        "pip install 'kaleido>=1' (it also needs Chrome: plotly_get_chrome), "
                        "or write HTML with --out FILE.html") from None
+    from .files import atomic_write
+
     try:
-        fig.write_image(out, width=1200, height=fig.layout.height)
+        image = fig.to_image(format="png", width=1200, height=fig.layout.height)
+        atomic_write(out, lambda f: f.write(image))
     except (RuntimeError, ValueError, OSError) as err:
         raise CLIError(f"PNG export failed: {_one_line(err, 300)}") from None
 
@@ -448,13 +549,16 @@ def _plot(args, argv: list) -> int:
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".html")
     if out.suffix.lower() not in (".html", ".htm", ".png"):
         raise CLIError(f"--out must end in .html or .png, got {str(out)!r}")
+    check_output(out, PLOT_MARK, args.force, inputs=[args.file])
     fig = _figure_from_json(args.file)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.update_layout(meta=PLOT_MARK)
     if out.suffix.lower() == ".png":
         _write_png(fig, out)
     else:
+        from .files import atomic_write_text
+
         try:
-            fig.write_html(out, include_plotlyjs="cdn")   # a small file; plotly.js comes from its CDN
+            atomic_write_text(out, fig.to_html(include_plotlyjs="cdn"))   # small; plotly.js comes from its CDN
         except OSError as err:
             raise CLIError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
     print(f"wrote {out}")
@@ -546,7 +650,7 @@ def _demo_arguments(p) -> None:
     p.add_argument("--seed", type=_int_at_least(0), metavar="N",
                    help="evaluation data seed, and the initialisation seed of a fresh --model "
                         "(default: the checkpoint's seed, else 0)")
-    p.add_argument("--index", type=_int_at_least(0), default=0, metavar="I",
+    p.add_argument("--index", type=_int_in(0, MAX_DEMO_INDEX), default=0, metavar="I",
                    help="which held-out sequence (default 0); with the same seed, the sequence eval scores as number I "
                         "among its default 512")
     p.add_argument("--full", action="store_true",
@@ -661,10 +765,11 @@ def _stream_arguments(p) -> None:
                    help="needle depths spread evenly over the stream (default 10)")
     p.add_argument("--piece", type=_int_at_least(1), default=64, metavar="TOKENS",
                    help="tokens fed per call (default 64)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=100, metavar="N",
+    p.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), default=100, metavar="N",
                    help="streams run side by side (default 100)")
     p.add_argument("--seed", type=_int_at_least(0), metavar="N", help="stream seed (default 0)")
     p.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a stream result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -676,10 +781,17 @@ def _stream(args, argv: list) -> int:
         raise CLIError(f"--mode must be one of {', '.join(STREAM_MODES)}, got {args.mode!r}")
     if args.filler not in ("predictable", "random"):
         raise CLIError(f"--filler must be predictable or random, got {args.filler!r}")
+    if args.out:
+        check_output(args.out, STREAM_FORMAT, args.force, inputs=[args.checkpoint])
     model, info = _model_from_args(args)
     if not hasattr(model, "stream"):
         raise CLIError(f"model {info['model']!r} cannot stream (its state grows with the sequence); streaming "
                        "models: full_memory, no_sidecar, full_no_surprise, full_no_erase")
+    from .tasks import TokenLayout
+
+    if getattr(model, "vocab_size", 0) < TokenLayout().vocab_size:
+        raise CLIError(f"model {info['model']!r} has vocab_size={model.vocab_size}, but the needle streams use "
+                       f"{TokenLayout().vocab_size} token ids")
     seed = args.seed or 0
     r = stream_needle(model, args.length, args.trials, num_depths=args.depths, piece=args.piece,
                       batch_size=args.batch_size, seed=seed, mode=args.mode, filler=args.filler,
@@ -693,8 +805,7 @@ def _stream(args, argv: list) -> int:
     if args.out:
         out = Path(args.out)
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(out, {"format": "memorylib-stream", "format_version": 1, "model": info["model"],
+            _write_json(out, {"format": STREAM_FORMAT, "format_version": 1, "model": info["model"],
                               "model_kwargs": info["model_kwargs"], "checkpoint": info["checkpoint"],
                               "result": r, "command": ["memorylib", *argv], "versions": _versions()})
         except OSError as err:
@@ -728,14 +839,18 @@ def _sweep(args, argv: list) -> int:
         raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
     spec = PRESETS[args.preset]
     labels = list(models_of(spec))
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models is not None else None
+    if models == []:
+        raise CLIError(f"--models {args.models!r} names no model; its models: {', '.join(labels)}")
     for m in models or []:
         if m not in labels:
             close = difflib.get_close_matches(m, labels, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise CLIError(f"--models: {m!r} is not a model of the {spec['name']} sweep{hint}; "
                            f"its models: {', '.join(labels)}")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else None
+    if tasks == []:
+        raise CLIError(f"--tasks {args.tasks!r} names no task; its tasks: {', '.join(spec['tasks'])}")
     for t in tasks or []:
         if t == "length_extrapolation":
             raise CLIError("--tasks: length_extrapolation is not trained on its own; it evaluates the "
@@ -749,6 +864,8 @@ def _sweep(args, argv: list) -> int:
                            seeds=sorted(set(args.seeds)) if args.seeds else None)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    except OSError as err:
+        raise CLIError(f"cannot write the sweep's results {str(out)!r}: {err.strerror or err}") from None
     table = record.get("table", {})
     extra = spec.get("length_extrapolation") or {}
     columns = list(spec["tasks"]) + [f"length_extrapolation x{f}" for f in extra.get("factors", [])
@@ -809,6 +926,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in ("can't allocate", "cannot allocate", "out of memory", "not enough memory"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; returns the exit code (0 on success, 2 on bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -821,8 +943,15 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 0
     try:
         return args.handler(args, argv)
-    except CLIError as err:
+    except (CLIError, ValueError, OverflowError) as err:
+        # the library's ValueErrors name the bad value and the allowed range: bad input, not a bug
         print(f"memorylib {args.verb}: error: {_one_line(err, 1000)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _out_of_memory(err):
+            raise
+        print(f"memorylib {args.verb}: error: not enough memory for what was asked "
+              f"({_one_line(err, 300) or type(err).__name__}); ask for smaller sizes", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"memorylib {args.verb}: interrupted", file=sys.stderr)

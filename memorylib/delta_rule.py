@@ -119,7 +119,10 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | N
     if erase:
         A = eye + beta[..., None] * (k @ k.transpose(-1, -2) * G).masked_fill(~strict, 0.0)
         rhs = beta[..., None] * torch.cat([v, g[..., None] * k], dim=-1)
-        sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+        if A.dtype in (torch.float16, torch.bfloat16):     # no half-precision triangular solve on CPU
+            sol = torch.linalg.solve_triangular(A.float(), rhs.float(), upper=False, unitriangular=True).to(A.dtype)
+        else:
+            sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
         U0, W = sol[..., :v.shape[-1]], sol[..., v.shape[-1]:]        # U = U0 - W M_0^T
     else:
         U0, W = beta[..., None] * v, None

@@ -28,6 +28,8 @@ from .knobs import eval_mode
 from .stats import wilson_interval
 from .tasks import CELL, DEFAULT_MIN_DISTANCE, TokenLayout, _gap_cells, make_generator
 
+MAX_STREAM_LEN = 1 << 26   # tokens per stream: generated and fed piece by piece, never held whole
+
 STREAM_MODES = ("needle", "removed", "shuffled", "other_key")
 
 
@@ -44,7 +46,7 @@ class NeedleStream:
                  filler: str = "predictable", min_distance: int = DEFAULT_MIN_DISTANCE,
                  layout: TokenLayout | None = None):
         self.layout = lay = layout if layout is not None else TokenLayout()
-        self.seq_len = check_int("seq_len", seq_len, CELL)
+        self.seq_len = check_int("seq_len", seq_len, CELL, MAX_STREAM_LEN)
         B = self.batch_size = check_int("batch_size", batch_size, 1)
         if mode not in STREAM_MODES:
             raise ValueError(f"mode must be one of {STREAM_MODES}, got {mode!r}")
@@ -133,6 +135,7 @@ def stream_needle(model, seq_len: int, trials: int, *, num_depths: int = 10, pie
     after the last piece; the same for every length),
     ``seconds`` and ``tokens_per_second``.
     """
+    check_int("seq_len", seq_len, CELL, MAX_STREAM_LEN)
     check_int("trials", trials, 1)
     check_int("num_depths", num_depths, 2)
     check_int("piece", piece, 1)

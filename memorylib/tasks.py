@@ -34,6 +34,7 @@ from .checks import check_choice, check_int, check_name
 
 IGNORE = -100          #: ``targets`` value at positions that are not scored
 CELL = 3               #: tokens per cell
+MAX_SEQ_LEN = 1 << 20  #: longest sequence a task generates (a batch is held in memory at once)
 DEFAULT_MIN_DISTANCE = 48
 """Default minimum fact-to-query distance: three default local windows (16) and beyond the
 31-token receptive field of the default two-layer local transformer."""
@@ -211,7 +212,7 @@ class Task:
         self.layout = layout if layout is not None else TokenLayout()
         if not isinstance(self.layout, TokenLayout):
             raise ValueError(f"layout must be a TokenLayout, got {type(layout).__name__}")
-        self.seq_len = check_int("seq_len", seq_len, CELL)
+        self.seq_len = check_int("seq_len", seq_len, CELL, MAX_SEQ_LEN)
         self.min_distance = check_int("min_distance", min_distance, 1)
         self.filler = check_choice("filler", filler, FILLERS)
 

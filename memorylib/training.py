@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_int
+from .checks import check_choice, check_int, check_number
 from .knobs import eval_mode
 from .stats import bootstrap_interval, wilson_interval
 from .tasks import IGNORE, Batch, LengthExtrapolation, derive_seed, make_generator
@@ -47,14 +47,18 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
     Returns ``{"steps", "batch_size", "lr", "seed", "history": {"step", "loss", "accuracy"}}``
     where history holds the training-batch answer loss and accuracy every ``log_every`` steps.
     A model with an ``auxiliary_loss()`` method (chapter 2: the slot-utilization loss) has it
-    added to the loss it is trained on. ``monitor(model, batch) -> {name: number}`` (optional) is
+    added to the loss it is trained on. A loss that is not finite stops training with a
+    ``ValueError`` that names the step: a diverged run is an error, never a result.
+    ``monitor(model, batch) -> {name: number}`` (optional) is
     called at every logged step after the update, and its numbers are added to the history.
     """
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
     check_int("log_every", log_every, 1)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_int("warmup", warmup, 0)
+    check_number("lr", lr, 0, low_open=True)
+    check_number("weight_decay", weight_decay, 0)
+    check_number("clip", clip, 0, low_open=True)
     gen = make_generator(derive_seed(seed, "train"))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
@@ -77,6 +81,9 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
         logits = model(batch.tokens)
         loss = answer_loss(logits, batch)
         aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else 0.0
+        if not bool(torch.isfinite(loss + aux)):
+            raise ValueError(f"training diverged at step {step}: the loss is {float((loss + aux).detach())} "
+                             f"(lr={lr}); try a smaller learning rate")
         opt.zero_grad(set_to_none=True)
         (loss + aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -148,6 +155,7 @@ def evaluate(model: torch.nn.Module, task, *, num_examples: int = 512, batch_siz
     has none). Numbers are rounded to ``digits`` so printed results are stable. ``split`` as in
     :func:`predict`.
     """
+    check_int("digits", digits, 1, 12)
     p = predict(model, task, num_examples=num_examples, batch_size=batch_size, seed=seed, split=split)
     r = lambda x: round(float(x), digits)  # noqa: E731
     per_seq_correct = np.bincount(p["example"], weights=p["correct"], minlength=num_examples)

@@ -59,7 +59,7 @@ def test_window_set_later_is_checked_too():
 @pytest.mark.parametrize("tokens,match", [
     (torch.zeros(2, 8), r"dtype torch.int64 \(long\), got torch.float32"),
     (torch.zeros(2, 8, dtype=torch.int32), r"dtype torch.int64 \(long\), got torch.int32"),
-    (torch.zeros(8, dtype=torch.long), r"shape \(batch, seq_len\) with seq_len >= 1, got \(8,\)"),
+    (torch.zeros(8, dtype=torch.long), r"shape \(batch, seq_len\) with batch >= 1 and seq_len >= 1, got \(8,\)"),
     (torch.full((2, 8), 163), r"token ids must be in \[0, 163\), got values in \[163, 163\]"),
     (torch.full((2, 8), -1), r"token ids must be in \[0, 163\)"),
     ([[1, 2, 3]], r"tokens must be a torch.Tensor"),

@@ -81,7 +81,7 @@ def test_train_rejects_bad_arguments():
     task, model = build_task("associative_lookup"), build_model("tiny_transformer")
     with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         train(model, task, steps=0)
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr must be a number > 0, got 0"):
         train(model, task, steps=1, lr=0)
 
 

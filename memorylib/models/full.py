@@ -176,6 +176,25 @@ class FullMemoryModel(LearnedMemoryModel):
         """The prediction head's next-token loss for the last forward pass with gradients on."""
         return torch.zeros(()) if self._aux is None else self._aux
 
+    def _check_state(self, state, batch: int) -> None:
+        """A state from :meth:`stream` of a model of this shape, for ``batch`` sequences."""
+        if not isinstance(state, FullStreamState):
+            raise ValueError(f"state must be the FullStreamState that stream() returned, got {type(state).__name__}")
+        if state.context.shape[0] != batch:
+            raise ValueError(f"the state is for a batch of {state.context.shape[0]}, got {batch} sequences")
+        H, Dk, Dv = self.memory_heads, self.key_dim, self.value_dim
+        if self.kind == "mlp":
+            fits = isinstance(state.memory, MLPMemoryState) and state.memory.w1.shape[:2] == (batch, H)
+        else:
+            fits = isinstance(state.memory, torch.Tensor) and state.memory.shape == (batch, H, Dv, Dk)
+        side = state.sidecar
+        fits = fits and ((self.sidecar == 0 and side is None) or
+                         (self.sidecar > 0 and side is not None and tuple(side.keys.shape) == (batch, self.sidecar,
+                                                                                                  self.sidecar_dim)))
+        if not fits:
+            raise ValueError("the state was carried by another model (its memory or sidecar does not fit this "
+                             f"one: kind={self.kind!r}, {H} heads of {Dv}x{Dk}, sidecar of {self.sidecar})")
+
     @torch.no_grad()
     def stream(self, tokens: torch.Tensor, state: FullStreamState | None = None, last_only: bool = False):
         """Process the next piece ``tokens: (B, P)`` of a stream; returns ``(logits, state)``, where
@@ -184,8 +203,8 @@ class FullMemoryModel(LearnedMemoryModel):
         gives the logits of one call; the state's size is the same after any number of tokens."""
         check_tokens(tokens, self.vocab_size)
         B, P = tokens.shape
-        if state is not None and state.context.shape[0] != B:
-            raise ValueError(f"the state is for a batch of {state.context.shape[0]}, got {B} sequences")
+        if state is not None:
+            self._check_state(state, B)
         ctx = tokens[:, :0] if state is None else state.context
         full = torch.cat([ctx, tokens], 1)
         n = ctx.shape[1]

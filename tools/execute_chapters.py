@@ -32,14 +32,6 @@ def write_atomically(nb, path: pathlib.Path) -> None:
     os.replace(tmp, path)
 
 
-def record_fingerprint(path: pathlib.Path, fingerprint: str) -> None:
-    """Record, before executing, the fingerprint the outputs will be produced with: a chapter
-    asserts the exact values of its live runs only where it matches (reproducible.chapter_record)."""
-    nb = nbformat.read(path, as_version=4)
-    nb.metadata["memorylib"] = {"fingerprint": fingerprint}
-    write_atomically(nb, path)
-
-
 def strip_volatile(path: pathlib.Path, fingerprint: str) -> None:
     """Drop papermill's timings; record the numerical fingerprint the outputs were produced with
     (conftest.py compares outputs cell by cell only on a machine with the same one)."""
@@ -59,12 +51,24 @@ def main(argv: list[str]) -> int:
     fingerprint = reproducible.fingerprint()
     paths = [pathlib.Path(p) for p in argv] or sorted((ROOT / "chapters").glob("[0-9]*.ipynb"))
     for path in paths:
-        record_fingerprint(path, fingerprint)
+        # execute a copy (with this machine's fingerprint recorded, as the chapter reads it) and put it
+        # in place only when every cell ran: a failing chapter leaves the committed one as it was
+        # (papermill would otherwise store the error, and its own error cells, in the notebook)
+        work = path.with_name(f".{path.stem}.executing.ipynb")
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata["memorylib"] = {"fingerprint": fingerprint}
+        nbformat.write(nb, work)
         start = time.perf_counter()
-        papermill.execute_notebook(str(path), str(path), cwd=str(path.parent), kernel_name="python3",
-                                   progress_bar=False, execution_timeout=900, start_timeout=120)
+        try:
+            papermill.execute_notebook(str(work), str(work), cwd=str(path.parent), kernel_name="python3",
+                                       progress_bar=False, execution_timeout=900, start_timeout=120)
+        except papermill.PapermillExecutionError as err:
+            print(f"{path.name}: FAILED in cell {err.exec_count}: {err.ename}: {err.evalue}; the committed "
+                  f"notebook is unchanged, the failed run is in {work.name}", flush=True)
+            return 1
         seconds = time.perf_counter() - start
-        strip_volatile(path, fingerprint)
+        strip_volatile(work, fingerprint)
+        os.replace(work, path)
         flag = "" if seconds <= BUDGET_S else f"  OVER BUDGET ({BUDGET_S} s)"
         print(f"{path.name}: {seconds:.1f} s{flag}", flush=True)
     return 0

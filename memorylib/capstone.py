@@ -416,3 +416,35 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
         how = f"lr {lr:g}" + (f", validation {result['validation'][spec['tune_on']]['accuracy']:.3f}" if tuning else "")
         log(f"{label:20s} {task_name:20s} seed {seed} ({how}): default {acc:.3f}  ({result['seconds']} s)")
     return record
+
+
+def compare(record: dict, pairs: list[tuple[str, str]], task: str, eval_name: str = "default",
+            level: float = 0.05) -> list[dict]:
+    """The verdicts a conclusion names, tested together: for each ``(a, b)`` of ``pairs`` (model
+    labels) on ``task``, the per-seed held-out accuracies of the :func:`selected` rows, the
+    every-seed rule (every seed of one above every seed of the other), the two-sided rank-sum test
+    (:func:`memorylib.stats.rank_sum_test`) and its Holm-adjusted p-value over all the pairs. A
+    pair is ``"separated"`` only when both the every-seed rule and the adjusted test (at
+    ``level``) say so; otherwise ``"not separated"``, a negative result to be stated as such."""
+    from .stats import holm, rank_sum_test
+
+    def values(model):
+        rows = sorted((r for r in selected(record["rows"]) if r["model"] == model and r["task"] == task),
+                      key=lambda r: r["seed"])
+        if not rows:
+            raise ValueError(f"no rows of {model!r} on {task!r} in the record")
+        return [r["eval"][eval_name]["accuracy"] for r in rows]
+
+    out = []
+    for a, b in pairs:
+        va, vb = values(a), values(b)
+        every = "a" if min(va) > max(vb) else "b" if min(vb) > max(va) else None
+        out.append({"a": a, "b": b, "task": task, "a_values": va, "b_values": vb,
+                    "a_mean": round(sum(va) / len(va), 4), "b_mean": round(sum(vb) / len(vb), 4),
+                    "every_seed": every, "p": rank_sum_test(va, vb)})
+    for row, adjusted in zip(out, holm([r["p"] for r in out])):
+        row["p_holm"] = adjusted
+        better = row["a"] if row["a_mean"] > row["b_mean"] else row["b"]
+        row["verdict"] = (f"{better} separated" if row["every_seed"] is not None and adjusted < level
+                          else "not separated")
+    return out

@@ -252,3 +252,24 @@ def test_state_bytes_counts_what_a_stream_carries():
     assert state_bytes(build_model("tiny_transformer")) == {"memory": 0, "context": 0, "per_token": 2 * 2 * 64 * 4}
     assert state_bytes(build_model("local_transformer"))["context"] == 2 * 2 * 64 * 4 * 16
     assert num_parameters(full) > num_parameters(build_model("delta_memory"))
+
+
+def test_compare_needs_every_seed_and_the_corrected_rank_test():
+    from memorylib.capstone import compare
+    from memorylib.stats import holm
+
+    def rows(model, values, task="t"):
+        return [{"model": model, "task": task, "seed": s, "lr": 1e-3, "selected": True,
+                 "eval": {"default": {"accuracy": v}}} for s, v in enumerate(values)]
+    record = {"rows": rows("A", [0.9, 0.92, 0.95, 0.91, 0.93]) + rows("B", [0.5, 0.6, 0.55, 0.52, 0.58])
+              + rows("C", [0.5, 0.94, 0.55, 0.52, 0.58]) + rows("D", [0.89, 0.6, 0.99, 0.7, 0.96])
+              + [{**r, "selected": False, "eval": {"default": {"accuracy": 0.0}}} for r in rows("B", [0] * 5)]}
+    out = compare(record, [("A", "B"), ("A", "C"), ("A", "D")], "t")
+    ab, ac, ad = out
+    assert ab["every_seed"] == "a" and ab["p"] == pytest.approx(2 / 252) and ab["verdict"] == "A separated"
+    assert ab["b_values"] == [0.5, 0.6, 0.55, 0.52, 0.58]                # the unselected rows are not read
+    assert ac["every_seed"] is None and ac["verdict"] == "not separated"    # one seed of C beats two of A
+    assert ad["verdict"] == "not separated" and ad["p_holm"] >= ad["p"]
+    assert [r["p_holm"] for r in out] == pytest.approx(holm([r["p"] for r in out]))
+    with pytest.raises(ValueError, match="no rows of 'E'"):
+        compare(record, [("A", "E")], "t")

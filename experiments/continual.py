@@ -6,8 +6,10 @@
 Each model (built with ``torch.manual_seed(seed)``) is trained on associative lookup, then changing
 facts, then the needle, then multi-hop (the capstone's short training tasks, in that order), 150
 steps of batch 64 each, with a fresh optimizer per phase, at its capstone learning rate
-(:func:`memorylib.capstone.learning_rate`); every 30 steps it is evaluated on 128 held-out
-sequences of every task (:func:`memorylib.continual.forgetting_curves`). Runs in torch's default
+(:func:`memorylib.capstone.learning_rate`); every 30 steps it is evaluated on 512 held-out
+sequences of every task (:func:`memorylib.continual.forgetting_curves`). The reference for each
+(model, seed) is the same model trained on all four tasks at once for as many steps
+(:func:`memorylib.continual.joint_training`). Runs in torch's default
 arithmetic with 2 threads, like ``memorylib sweep``.
 """
 
@@ -26,14 +28,14 @@ import torch  # noqa: E402
 
 from memorylib import reproducible  # noqa: E402
 from memorylib.capstone import CAPSTONE, learning_rate  # noqa: E402
-from memorylib.continual import forgetting_curves  # noqa: E402
+from memorylib.continual import forgetting_curves, joint_training  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
 
 OUT = ROOT / "book/results/ch08_continual.json"
 MODELS = ["local_transformer", "slot_memory", "delta_memory", "full_memory"]
 ORDER = ["associative_lookup", "changing_facts", "needle_recall", "multi_hop"]
 SEEDS = [0, 1, 2]
-STEPS, EVAL_EVERY, BATCH, EXAMPLES = 150, 30, 64, 128
+STEPS, EVAL_EVERY, BATCH, EXAMPLES = 150, 30, 64, 512
 
 
 def main(argv: list[str]) -> int:
@@ -51,6 +53,8 @@ def main(argv: list[str]) -> int:
                                   batch_size=BATCH, lr=learning_rate(CAPSTONE, model), seed=seed,
                                   num_examples=EXAMPLES if not args.quick else 8)
             r["seed"] = seed
+            r["joint"] = joint_training(model, phases, steps=steps, batch_size=BATCH, lr=learning_rate(CAPSTONE, model),
+                                        seed=seed, num_examples=EXAMPLES if not args.quick else 8)
             runs.append(r)
             print(f"{model:18s} seed {seed}: final {[r['accuracy'][t][-1] for t in ORDER]}, "
                   f"forgetting {r['forgetting']} ({r['seconds']} s)", flush=True)

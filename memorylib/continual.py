@@ -67,3 +67,29 @@ def forgetting_curves(model: str, phases: list[tuple[str, object]], *, steps: in
     out["forgetting"] = {n: round(max(out["accuracy"][n]) - out["accuracy"][n][-1], 4) for n in names[:-1]}
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
+
+
+def joint_training(model: str, phases: list[tuple[str, object]], *, steps: int = 150, batch_size: int = 64,
+                   lr: float = 1e-2, seed: int = 0, num_examples: int = 512, model_kwargs: dict | None = None,
+                   progress: bool = False) -> dict:
+    """The reference a continual run is judged against: the same model trained on all the tasks of
+    ``phases`` at once (every batch drawn from one of them, uniformly), for as many steps as the
+    phases together (``len(phases) * steps``), then evaluated on each. Forgetting is the gap to
+    this, not only the fall from a task's best. Returns ``{"model", "steps", "accuracy": {task:
+    accuracy}, "ci": {task: [lo, hi]}, "seconds"}``."""
+    from .tasks import TaskMixture
+
+    check_int("steps", steps, 1)
+    if not phases:
+        raise ValueError("phases must be a non-empty list of (name, task)")
+    torch.manual_seed(seed)
+    net = build_model(model, **(model_kwargs or {}))
+    start = time.perf_counter()
+    train(net, TaskMixture([task for _, task in phases]), steps=steps * len(phases), batch_size=batch_size, lr=lr,
+          seed=seed, log_every=max(1, steps), progress=progress, desc=f"{model}: all tasks at once")
+    out = {"model": model, "steps": steps * len(phases), "accuracy": {}, "ci": {}}
+    for name, task in phases:
+        r = evaluate(net, task, num_examples=num_examples, seed=seed)
+        out["accuracy"][name], out["ci"][name] = r["accuracy"], r["ci"]
+    out["seconds"] = round(time.perf_counter() - start, 1)
+    return out

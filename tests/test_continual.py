@@ -29,3 +29,17 @@ def test_bad_phases():
         forgetting_curves("local_transformer", phases() + phases()[:1], steps=2)
     with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         forgetting_curves("local_transformer", phases(), steps=0)
+
+
+def test_joint_training_sees_every_task_for_as_many_steps_as_the_phases():
+    from memorylib.continual import joint_training
+
+    r = joint_training("local_transformer", phases(), steps=3, batch_size=4, num_examples=8,
+                       model_kwargs={"d_model": 16, "num_heads": 2})
+    assert r["steps"] == 6 and set(r["accuracy"]) == {"lookup", "needle"}
+    assert all(lo <= r["accuracy"][t] <= hi for t, (lo, hi) in r["ci"].items())
+    again = joint_training("local_transformer", phases(), steps=3, batch_size=4, num_examples=8,
+                           model_kwargs={"d_model": 16, "num_heads": 2})
+    assert again["accuracy"] == r["accuracy"]
+    with pytest.raises(ValueError, match="non-empty list"):
+        joint_training("local_transformer", [])

@@ -24,7 +24,7 @@ LAYERS = [
      "registry", "checkpoint"},
     # 4. training, evaluation and the experiments built on them
     {"training", "analysis", "streaming", "recall", "experiments", "continual", "chunk_study", "reproducible",
-     "floors", "capstone"},
+     "floors", "needles", "capstone"},
     # 5. what a reader sees: figures, widgets, the chapters' setup
     {"figures", "widgets", "book"},
     # 6. the command line

@@ -43,6 +43,9 @@ RULES = ("facts", "chains")
 def rule_for(task) -> str:
     """``"chains"`` for multi-hop (also inside a length-extrapolation protocol), else ``"facts"``."""
     name = getattr(task, "base", None) or getattr(task, "name", "")
+    if name == "needle_family" and getattr(task, "variant", None) == "multi_value":
+        raise ValueError("the facts rule is not the floor of multi-value (after the first answer the key is "
+                         "known): read NeedleFamilyStream.keyless, the family's own floor")
     return "chains" if name == "multi_hop" else "facts"
 
 

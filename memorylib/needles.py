@@ -35,7 +35,17 @@ from __future__ import annotations
 import torch
 
 from .checks import check_choice, check_int
-from .tasks import CELL, DEFAULT_MIN_DISTANCE, TokenLayout, _gap_cells, make_generator, markov_filler
+from .tasks import (
+    CELL,
+    DEFAULT_MIN_DISTANCE,
+    IGNORE,
+    MAX_STREAM_LEN,
+    Batch,
+    TokenLayout,
+    _gap_cells,
+    make_generator,
+    markov_filler,
+)
 
 VARIANTS = ("single", "multi_key", "multi_query", "multi_value", "update")
 HAYSTACKS = ("random", "markov")
@@ -59,8 +69,6 @@ class NeedleFamilyStream:
                  num_queries: int = 1, num_distractors: int = 0, seed: int = 0, depths=None,
                  haystack: str = "markov", min_distance: int = DEFAULT_MIN_DISTANCE,
                  layout: TokenLayout | None = None):
-        from .streaming import MAX_STREAM_LEN
-
         self.variant = check_choice("variant", variant, VARIANTS)
         self.haystack = check_choice("haystack", haystack, HAYSTACKS)
         self.layout = lay = layout if layout is not None else TokenLayout()
@@ -117,6 +125,7 @@ class NeedleFamilyStream:
             cells[b] = self._cells(stated, top, g, int(asked[b, 0]), None if want is None else int(want[b]))
         self.keys, self.values, self.cells = keys, values, cells
         self.query_cells = num_cells - Q + torch.arange(Q)
+        self.asked_index = asked
         self.asked_keys = keys.gather(1, asked)
         self.targets = values.gather(1, asked)
         self.stale = values.gather(1, asked - N) if variant == "update" else torch.full((B, Q), -1, dtype=torch.long)
@@ -311,3 +320,62 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             "chance": r(1 / TokenLayout().num_values), "state_bytes": state_bytes.pop(),
             "seconds": round(time.perf_counter() - start, 1),
             "outcomes": "".join("1" if c else "0" for c in correct[:, 0])}
+
+
+class NeedleFamily:
+    """A variant of the needle family as a task to train and evaluate on (short sequences; for long
+    streams use :class:`NeedleFamilyStream` itself): ``sample(batch, seed)`` gives a
+    :class:`~memorylib.tasks.Batch` whose scored answers are the questions' (``stale``: update's
+    overwritten value; ``distance``: tokens back to the asked needle's value). Registered as
+    ``needle_family``: ``build_task("needle_family", variant="multi_key", num_needles=8)``."""
+
+    name = "needle_family"
+
+    def __init__(self, variant: str = "multi_key", seq_len: int = 192, num_needles: int = 4, num_queries: int = 1,
+                 num_distractors: int = 0, haystack: str = "markov", min_distance: int = DEFAULT_MIN_DISTANCE,
+                 layout: TokenLayout | None = None):
+        self.variant, self.seq_len, self.num_needles = variant, seq_len, num_needles
+        self.num_queries, self.num_distractors, self.haystack = num_queries, num_distractors, haystack
+        self.min_distance = min_distance
+        self.layout = layout if layout is not None else TokenLayout()
+        self._stream(1, 0)                                   # checks every argument now
+
+    def _stream(self, batch_size: int, seed) -> NeedleFamilyStream:
+        return NeedleFamilyStream(self.variant, self.seq_len, batch_size, num_needles=self.num_needles,
+                                  num_queries=self.num_queries, num_distractors=self.num_distractors,
+                                  seed=seed, haystack=self.haystack, min_distance=self.min_distance,
+                                  layout=self.layout)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layout.vocab_size
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.layout.num_values
+
+    def config(self) -> dict:
+        from dataclasses import asdict
+
+        return {"task": self.name, "variant": self.variant, "seq_len": self.seq_len, "num_needles": self.num_needles,
+                "num_queries": self.num_queries, "num_distractors": self.num_distractors, "haystack": self.haystack,
+                "min_distance": self.min_distance, "layout": asdict(self.layout)}
+
+    def sample(self, batch_size: int, seed=0) -> Batch:
+        check_int("batch_size", batch_size, 1)
+        g = make_generator(seed)
+        gen = self._stream(batch_size, int(torch.randint(0, 2 ** 62, (1,), generator=g)))
+        tokens = gen.piece(0, gen.seq_len)
+        shape = tokens.shape
+        targets = torch.full(shape, IGNORE, dtype=torch.long)
+        distance = torch.full(shape, -1, dtype=torch.long)
+        stale = torch.full(shape, -1, dtype=torch.long)
+        pos = gen.query_positions.expand(batch_size, -1)
+        targets.scatter_(1, pos, gen.targets)
+        stale.scatter_(1, pos, gen.stale)
+        value_pos = gen.cells.gather(1, gen.asked_index) * CELL + 2
+        distance.scatter_(1, pos, pos + 1 - value_pos)
+        return Batch(tokens=tokens, targets=targets, distance=distance, stale=stale)
+
+
+TASKS = {NeedleFamily.name: NeedleFamily}

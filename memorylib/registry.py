@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import models, tasks
+from . import models, needles, tasks
 from .checks import check_name
 
 _MODELS: dict[str, Callable] = dict(models.MODELS)
-_TASKS: dict[str, Callable] = dict(tasks.TASKS)
+_TASKS: dict[str, Callable] = {**tasks.TASKS, **needles.TASKS}
 
 
 def _register(table: dict, kind: str, name: str):

@@ -26,9 +26,7 @@ from tqdm.auto import tqdm
 from .checks import check_int
 from .knobs import eval_mode
 from .stats import wilson_interval
-from .tasks import CELL, DEFAULT_MIN_DISTANCE, TokenLayout, _gap_cells, make_generator
-
-MAX_STREAM_LEN = 1 << 26   # tokens per stream: generated and fed piece by piece, never held whole
+from .tasks import CELL, DEFAULT_MIN_DISTANCE, MAX_STREAM_LEN, TokenLayout, _gap_cells, make_generator
 
 STREAM_MODES = ("needle", "removed", "shuffled", "other_key")
 

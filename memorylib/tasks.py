@@ -35,6 +35,7 @@ from .checks import check_choice, check_int, check_name
 IGNORE = -100          #: ``targets`` value at positions that are not scored
 CELL = 3               #: tokens per cell
 MAX_SEQ_LEN = 1 << 20  #: longest sequence a task generates (a batch is held in memory at once)
+MAX_STREAM_LEN = 1 << 26  #: longest stream: generated and fed piece by piece, never held whole
 DEFAULT_MIN_DISTANCE = 48
 """Default minimum fact-to-query distance: three default local windows (16) and beyond the
 31-token receptive field of the default two-layer local transformer."""

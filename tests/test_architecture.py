@@ -15,8 +15,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "memorylib"
 LAYERS = [
     # 0. validation, files, statistics, a trained model's knobs: import no other module of memorylib
     {"checks", "files", "stats", "knobs"},
-    # 1. the task suite
-    {"tasks"},
+    # 1. the task suite (and the needle family, which streams it to any length)
+    {"tasks", "needles"},
     # 2. the memories, one mechanism per file
     {"slot_memory", "surprise", "delta_rule", "ttt", "sidecar"},
     # 3. the models, the registry of names, the checkpoint format
@@ -24,7 +24,7 @@ LAYERS = [
      "registry", "checkpoint"},
     # 4. training, evaluation and the experiments built on them
     {"training", "analysis", "streaming", "recall", "experiments", "continual", "chunk_study", "reproducible",
-     "floors", "needles", "capstone"},
+     "floors", "capstone"},
     # 5. what a reader sees: figures, widgets, the chapters' setup
     {"figures", "widgets", "book"},
     # 6. the command line

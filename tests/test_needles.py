@@ -97,3 +97,30 @@ def test_bad_family_arguments(kwargs, match):
     variant = args.pop("variant")
     with pytest.raises(ValueError, match=match):
         NeedleFamilyStream(variant, **args)
+
+
+@pytest.mark.parametrize("variant,kwargs", [("multi_key", {"num_needles": 6}), ("update", {"num_needles": 3}),
+                                            ("multi_query", {"num_needles": 4, "num_queries": 2})])
+def test_the_family_as_a_training_task(variant, kwargs):
+    from memorylib.registry import build_model, build_task
+    from memorylib.training import evaluate, train
+
+    task = build_task("needle_family", variant=variant, seq_len=240, min_distance=18, **kwargs)
+    b = task.sample(16, seed=4)
+    assert torch.equal(b.targets[b.answer_mask], reference_labels(b.tokens, LAY)[0][b.answer_mask])
+    assert int(b.distance[b.answer_mask].min()) >= 18 and torch.equal(b.tokens, task.sample(16, seed=4).tokens)
+    assert (b.stale[b.answer_mask] >= 0).all() == (variant == "update")
+    assert task.config()["variant"] == variant
+    model = build_model("local_transformer", d_model=16, num_heads=2)
+    train(model, task, steps=2, batch_size=4, progress=False)
+    assert evaluate(model, task, num_examples=8)["num_answers"] == 8 * task.sample(1).num_answers
+    with pytest.raises(ValueError, match="variant must be one of"):
+        build_task("needle_family", variant="everything")
+    from memorylib.floors import keyless_floor
+    if variant != "multi_value":
+        assert abs(keyless_floor(task, num_examples=256)["accuracy"] - float((task._stream(256, 1).keyless ==
+                                                                              task._stream(256, 1).targets)
+                                                                             .float().mean())) < 0.12
+    with pytest.raises(ValueError, match="not the floor of multi-value"):
+        keyless_floor(build_task("needle_family", variant="multi_value", num_needles=2, num_distractors=1,
+                                 seq_len=300, min_distance=18))

@@ -143,7 +143,7 @@ def test_layout_is_documented_and_consistent():
     assert (lay.value_start, lay.filler_start, lay.vocab_size) == (67, 131, 163)
     assert [lay.label(t) for t in (0, 1, 2, 3, 67, 131)] == ["PAD", "SET", "ASK", "k0", "v0", "~0"]
     assert set(task_names()) == {"associative_lookup", "changing_facts", "needle_recall", "multi_hop",
-                                 "length_extrapolation"}
+                                 "length_extrapolation", "needle_family"}
 
 
 def test_mixture_draws_whole_batches_from_each_task():

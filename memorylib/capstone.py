@@ -308,28 +308,34 @@ def chosen_rate(rows: list[dict], spec: dict, model: str, task: str) -> float | 
 
 def _plan(spec: dict, record: dict, models, tasks, seeds) -> list[tuple]:
     """The next rows to run, in order: ``(label, task, seed, lr, tuning)``. With a grid, a (model,
-    task)'s seeds beyond the tuning ones wait for its chosen rate."""
-    todo = []
+    task)'s seeds beyond the tuning ones wait for its chosen rate, and the rows go task by task
+    (every model on a task before the next task), so that a sweep stopped part way holds complete
+    comparisons on the tasks it reached; without one, model by model, as the capstone's record was
+    made."""
     done = {_key(r) for r in record["rows"]}
     only = spec.get("only", {})
-    for label, (name, _) in models_of(spec).items():
-        if models and label not in models:
+    labels = models_of(spec)
+    if "lr_grid" in spec:
+        pairs = [(label, task_name) for task_name in spec["tasks"] for label in labels]
+    else:
+        pairs = [(label, task_name) for label in labels for task_name in spec["tasks"]]
+    todo = []
+    for label, task_name in pairs:
+        if (models and label not in models) or (tasks and task_name not in tasks):
             continue
-        for task_name in spec["tasks"]:
-            if (tasks and task_name not in tasks) or task_name not in only.get(label, [task_name]):
-                continue
-            if "lr_grid" not in spec:
-                lr = learning_rate(spec, name)
-                todo += [(label, task_name, s, lr, False) for s in seeds or spec["seeds"]
-                         if (label, task_name, s, lr) not in done]
-                continue
-            tune = [(label, task_name, s, lr, True) for lr in spec["lr_grid"] for s in spec["tune_seeds"]
-                    if (label, task_name, s, lr) not in done and (not seeds or s in seeds)]
-            todo += tune
-            lr = chosen_rate(record["rows"], spec, label, task_name)
-            if lr is not None:
-                todo += [(label, task_name, s, lr, False) for s in seeds or spec["seeds"]
-                         if s not in spec["tune_seeds"] and (label, task_name, s, lr) not in done]
+        if task_name not in only.get(label, [task_name]):
+            continue
+        if "lr_grid" not in spec:
+            lr = learning_rate(spec, labels[label][0])
+            todo += [(label, task_name, s, lr, False) for s in seeds or spec["seeds"]
+                     if (label, task_name, s, lr) not in done]
+            continue
+        todo += [(label, task_name, s, lr, True) for lr in spec["lr_grid"] for s in spec["tune_seeds"]
+                 if (label, task_name, s, lr) not in done and (not seeds or s in seeds)]
+        lr = chosen_rate(record["rows"], spec, label, task_name)
+        if lr is not None:
+            todo += [(label, task_name, s, lr, False) for s in seeds or spec["seeds"]
+                     if s not in spec["tune_seeds"] and (label, task_name, s, lr) not in done]
     return todo
 
 

@@ -41,6 +41,7 @@ from .tasks import (
     IGNORE,
     MAX_STREAM_LEN,
     Batch,
+    Task,
     TokenLayout,
     _gap_cells,
     make_generator,
@@ -322,7 +323,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             "outcomes": "".join("1" if c else "0" for c in correct[:, 0])}
 
 
-class NeedleFamily:
+class NeedleFamily(Task):
     """A variant of the needle family as a task to train and evaluate on (short sequences; for long
     streams use :class:`NeedleFamilyStream` itself): ``sample(batch, seed)`` gives a
     :class:`~memorylib.tasks.Batch` whose scored answers are the questions' (``stale``: update's
@@ -332,50 +333,28 @@ class NeedleFamily:
     name = "needle_family"
 
     def __init__(self, variant: str = "multi_key", seq_len: int = 192, num_needles: int = 4, num_queries: int = 1,
-                 num_distractors: int = 0, haystack: str = "markov", min_distance: int = DEFAULT_MIN_DISTANCE,
+                 num_distractors: int = 0, filler: str = "markov", min_distance: int = DEFAULT_MIN_DISTANCE,
                  layout: TokenLayout | None = None):
-        self.variant, self.seq_len, self.num_needles = variant, seq_len, num_needles
-        self.num_queries, self.num_distractors, self.haystack = num_queries, num_distractors, haystack
-        self.min_distance = min_distance
-        self.layout = layout if layout is not None else TokenLayout()
+        super().__init__(seq_len, min_distance, layout, check_choice("filler", filler, HAYSTACKS))
+        self.variant, self.num_needles, self.num_queries = variant, num_needles, num_queries
+        self.num_distractors = num_distractors
         self._stream(1, 0)                                   # checks every argument now
 
     def _stream(self, batch_size: int, seed) -> NeedleFamilyStream:
         return NeedleFamilyStream(self.variant, self.seq_len, batch_size, num_needles=self.num_needles,
                                   num_queries=self.num_queries, num_distractors=self.num_distractors,
-                                  seed=seed, haystack=self.haystack, min_distance=self.min_distance,
+                                  seed=seed, haystack=self.filler, min_distance=self.min_distance,
                                   layout=self.layout)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.layout.vocab_size
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.layout.num_values
-
-    def config(self) -> dict:
-        from dataclasses import asdict
-
-        return {"task": self.name, "variant": self.variant, "seq_len": self.seq_len, "num_needles": self.num_needles,
-                "num_queries": self.num_queries, "num_distractors": self.num_distractors, "haystack": self.haystack,
-                "min_distance": self.min_distance, "layout": asdict(self.layout)}
-
-    def sample(self, batch_size: int, seed=0) -> Batch:
-        check_int("batch_size", batch_size, 1)
-        g = make_generator(seed)
+    def _generate(self, batch_size: int, g: torch.Generator) -> Batch:
         gen = self._stream(batch_size, int(torch.randint(0, 2 ** 62, (1,), generator=g)))
         tokens = gen.piece(0, gen.seq_len)
-        shape = tokens.shape
-        targets = torch.full(shape, IGNORE, dtype=torch.long)
-        distance = torch.full(shape, -1, dtype=torch.long)
-        stale = torch.full(shape, -1, dtype=torch.long)
-        pos = gen.query_positions.expand(batch_size, -1)
-        targets.scatter_(1, pos, gen.targets)
-        stale.scatter_(1, pos, gen.stale)
-        value_pos = gen.cells.gather(1, gen.asked_index) * CELL + 2
-        distance.scatter_(1, pos, pos + 1 - value_pos)
-        return Batch(tokens=tokens, targets=targets, distance=distance, stale=stale)
+        b = Batch(tokens=tokens, targets=torch.full_like(tokens, IGNORE), distance=torch.full_like(tokens, -1),
+                  stale=torch.full_like(tokens, -1))
+        query_cells = gen.query_cells.expand(batch_size, -1)
+        value_cells = gen.cells.gather(1, gen.asked_index)
+        self._score(b, query_cells, gen.targets, (query_cells - value_cells) * CELL - 1, gen.stale)
+        return b
 
 
 TASKS = {NeedleFamily.name: NeedleFamily}

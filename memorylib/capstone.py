@@ -342,8 +342,10 @@ def _plan(spec: dict, record: dict, models, tasks, seeds) -> list[tuple]:
 def _mark_selected(record: dict, spec: dict) -> None:
     if "lr_grid" not in spec:
         return
+    pairs = {(r["model"], r["task"]) for r in record["rows"]}
+    chosen = {pair: chosen_rate(record["rows"], spec, *pair) for pair in pairs}       # once per pair
     for r in record["rows"]:
-        lr = chosen_rate(record["rows"], spec, r["model"], r["task"])
+        lr = chosen[r["model"], r["task"]]
         r["selected"] = lr is not None and r["lr"] == lr
 
 

@@ -32,9 +32,15 @@ key), so that a score is read against the floor and not against 1/64.
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int
+from .knobs import eval_mode
+from .stats import wilson_interval
 from .tasks import (
     CELL,
     DEFAULT_MIN_DISTANCE,
@@ -255,14 +261,6 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
     value of a needle that was not asked), ``stale_rate`` (update: answers that gave the overwritten
     value; None otherwise), ``floor`` (the keyless floor's accuracy on the same streams, with its
     interval), ``chance`` (1/64), ``state_bytes`` per stream and ``seconds``."""
-    import time
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from .knobs import eval_mode
-    from .stats import wilson_interval
-
     check_int("trials", trials, 1)
     check_int("num_depths", num_depths, 2)
     check_int("piece", piece, 1)

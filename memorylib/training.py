@@ -81,11 +81,12 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
         logits = model(batch.tokens)
         loss = answer_loss(logits, batch)
         aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else 0.0
-        if not bool(torch.isfinite(loss + aux)):
-            raise ValueError(f"training diverged at step {step}: the loss is {float((loss + aux).detach())} "
+        total = loss + aux
+        if not bool(torch.isfinite(total)):
+            raise ValueError(f"training diverged at step {step}: the loss is {float(total.detach())} "
                              f"(lr={lr}); try a smaller learning rate")
         opt.zero_grad(set_to_none=True)
-        (loss + aux).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()

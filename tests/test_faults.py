@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from test_cli import MODEL, TASK, one_thread  # noqa: F401 (one_thread: the autouse fixture, shared)
 
 from memorylib.checkpoint import load_model, read_checkpoint, save_checkpoint
 from memorylib.cli import main
@@ -22,20 +23,9 @@ from memorylib.registry import build_model, build_task, model_names
 from memorylib.training import evaluate, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODEL = ["--model", "local_transformer", "--model-arg", "d_model=16", "--model-arg", "num_heads=2"]
-TASK = ["--task", "associative_lookup", "--task-arg", "seq_len=48", "--task-arg", "num_pairs=2",
-        "--task-arg", "num_queries=2", "--task-arg", "min_distance=18"]
 TRAIN = ["train", *MODEL, *TASK, "--steps", "2", "--batch-size", "4", "--eval-examples", "8", "--no-progress"]
 RUN = "local_transformer-associative_lookup-s0"
 SMALL = {"d_model": 16, "num_heads": 2}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -246,6 +246,18 @@ class NeedleFamilyStream:
         return tokens
 
 
+def cached_needles(state, gen: NeedleFamilyStream) -> np.ndarray | None:
+    """``(B,)`` bool: is the value token of each stream's first asked needle among the positions a
+    streaming state's sidecar holds (``state.sidecar.position``)? None for a state without a
+    sidecar. Read before the first question (the state after the last piece of haystack), it tells
+    eviction (the needle was dropped) from read-out (it was kept, and the answer still missed)."""
+    side = getattr(state, "sidecar", None)
+    if side is None:
+        return None
+    value_pos = gen.cells.gather(1, gen.asked_index[:, :1]) * CELL + 2            # SET k v: v is third
+    return (side.position == value_pos).any(1).numpy()
+
+
 @torch.no_grad()
 def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles: int = 1, num_queries: int = 1,
                   num_distractors: int = 0, haystack: str = "markov", num_depths: int = 10, piece: int = 256,
@@ -260,7 +272,9 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
     first question of each stream), ``by_depth``, ``other_needle_rate`` (answers that gave the
     value of a needle that was not asked), ``stale_rate`` (update: answers that gave the overwritten
     value; None otherwise), ``floor`` (the keyless floor's accuracy on the same streams, with its
-    interval), ``chance`` (1/64), ``state_bytes`` per stream and ``seconds``."""
+    interval), ``chance`` (1/64), ``state_bytes`` per stream, ``value_cached`` (for a model with a
+    sidecar: the share of streams whose first asked needle's value token is in the sidecar when the
+    first question is asked, :func:`cached_needles`; None without a sidecar) and ``seconds``."""
     check_int("trials", trials, 1)
     check_int("num_depths", num_depths, 2)
     check_int("piece", piece, 1)
@@ -269,7 +283,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
         raise ValueError(f"{type(model).__name__} has no stream method; streaming needs a model of constant state")
     grid = np.linspace(0.0, 1.0, num_depths)
     depth_of = grid[np.arange(trials) % num_depths]
-    correct, other, stale, floor, depth = [], [], [], [], []
+    correct, other, stale, floor, depth, kept = [], [], [], [], [], []
     state_bytes = set()
     start = time.perf_counter()
     with eval_mode(model):
@@ -282,6 +296,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             q0, state = int(gen.query_positions[0]), None
             for lo in range(0, q0, piece):
                 _, state = model.stream(gen.piece(lo, min(q0, lo + piece)), state, last_only=True)
+            kept.append(cached_needles(state, gen))                 # what the first question will read
             logits, state = model.stream(gen.piece(q0, gen.answer_end), state)
             pred = logits[:, gen.query_positions - q0].argmax(-1)                       # (B, Q)
             correct.append((pred == gen.targets).numpy())
@@ -293,6 +308,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             bar.update(hi_t - lo_t)
         bar.close()
     correct, stale, floor, other = (np.concatenate(x) for x in (correct, stale, floor, other))
+    kept = None if kept[0] is None else np.concatenate(kept)
     depth = np.concatenate(depth)
     r = lambda x: round(float(x), digits)  # noqa: E731
 
@@ -317,6 +333,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             "first_ci": head["ci"], "by_depth": by_depth, "other_needle_rate": r(other.mean()),
             "stale_rate": r(stale.mean()) if variant == "update" else None, "floor": rate(floor),
             "chance": r(1 / TokenLayout().num_values), "state_bytes": state_bytes.pop(),
+            "value_cached": None if kept is None else r(kept.mean()),
             "seconds": round(time.perf_counter() - start, 1),
             "outcomes": "".join("1" if c else "0" for c in correct[:, 0])}
 

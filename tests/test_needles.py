@@ -124,3 +124,52 @@ def test_the_family_as_a_training_task(variant, kwargs):
     with pytest.raises(ValueError, match="not the floor of multi-value"):
         keyless_floor(build_task("needle_family", variant="multi_value", num_needles=2, num_distractors=1,
                                  seq_len=300, min_distance=18))
+
+
+SMALL = dict(d_model=16, num_heads=2, key_dim=8, value_dim=8, window=8, sidecar_dim=8)
+
+
+@pytest.mark.parametrize("variant, kwargs", [("multi_key", dict(num_needles=4)),
+                                             ("multi_query", dict(num_needles=3, num_queries=3)),
+                                             ("update", dict(num_needles=2))])
+def test_streaming_the_family_scores_what_one_call_predicts(variant, kwargs):
+    from memorylib.needles import stream_family
+    from memorylib.registry import build_model
+    torch.manual_seed(0)
+    model = build_model("full_memory", **SMALL, sidecar=4).eval()
+    res = stream_family(model, variant, 700, 6, piece=64, batch_size=4, seed=3, num_depths=3, **kwargs)
+    # the same streams, each read in one call: trial i is in batch i // 4, generated from seed 3 * 100003 + i // 4
+    outcomes, hits, n = [], 0, 0
+    for b_i, (lo, hi) in enumerate(((0, 4), (4, 6))):
+        depths = [(i % 3) / 2 for i in range(lo, hi)]
+        gen = NeedleFamilyStream(variant, 700, hi - lo, seed=3 * 100003 + b_i, depths=depths, **kwargs)
+        with torch.no_grad():
+            pred = model(gen.piece(0, gen.answer_end))[:, gen.query_positions].argmax(-1)
+        right = pred == gen.targets
+        outcomes += ["1" if c else "0" for c in right[:, 0].tolist()]
+        hits, n = hits + int(right.sum()), n + right.numel()
+    assert res["outcomes"] == "".join(outcomes)
+    assert res["accuracy"] == round(hits / n, 4) and res["num_queries"] == kwargs.get("num_queries", 1)
+    assert res["state_bytes"] > 0 and res["value_cached"] is not None and 0 <= res["value_cached"] <= 1
+
+
+def test_the_cache_check_sees_what_the_sidecar_holds():
+    from memorylib.needles import cached_needles, stream_family
+    from memorylib.registry import build_model
+    torch.manual_seed(0)
+    big = build_model("full_memory", **SMALL, sidecar=512).eval()      # holds every token of the stream
+    assert stream_family(big, "multi_key", 500, 4, num_needles=2, piece=100, batch_size=4)["value_cached"] == 1.0
+    none = build_model("no_sidecar", **SMALL).eval()
+    assert stream_family(none, "multi_key", 500, 2, num_needles=2, piece=100)["value_cached"] is None
+    # by hand: a cache that holds exactly the asked needle's value position
+    gen = NeedleFamilyStream("multi_key", 300, 2, num_needles=3, seed=1)
+
+    class Side:
+        position = gen.cells.gather(1, gen.asked_index[:, :1]) * CELL + 2
+
+    class State:
+        sidecar = Side
+
+    assert cached_needles(State, gen).tolist() == [True, True]
+    Side.position = Side.position + 1
+    assert cached_needles(State, gen).tolist() == [False, False]

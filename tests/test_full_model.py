@@ -27,7 +27,7 @@ def model(seed=0, **kwargs):
                                     dict(kind="mlp", momentum=True, forget=True, chunk_size=4),
                                     dict(sidecar=0), dict(surprise=False, sidecar=3),
                                     dict(sidecar_rank="recency", sidecar=3), dict(sidecar_rank="random", sidecar=3),
-                                    dict(sidecar_rank="write", sidecar=3)])
+                                    dict(sidecar_rank="write", sidecar=3), dict(sidecar_rank="learned", sidecar=3)])
 def test_streaming_in_pieces_equals_one_call(kwargs):
     m, x = model(**kwargs), tokens(2, 61)
     with torch.no_grad():
@@ -55,6 +55,35 @@ def test_sidecar_ranked_by_recency_keeps_the_latest_tokens():
     random = model(sidecar=3, sidecar_rank="random")
     assert not torch.equal(random._rank_scores({"surprise": torch.zeros(1, 8)}, {}, 0),
                            random._rank_scores({"surprise": torch.zeros(1, 8)}, {}, 8))
+
+
+def test_a_learned_keep_score_ranks_the_cache_and_is_trained_by_its_reads_and_its_cost():
+    from memorylib.sidecar import sidecar_weights
+
+    m, x = model(sidecar=3, sidecar_rank="learned"), tokens(2, 30)
+    plain = model(sidecar=3)
+    with torch.no_grad():                                # made last: every other weight is full_memory's
+        assert all(torch.equal(p, plain.state_dict()[k]) for k, p in m.state_dict().items() if k in plain.state_dict())
+        h = m.features(x)
+        sig = m._signals(x, h)
+        weights, _ = sidecar_weights(*m._side_inputs(h), m._rank_scores(sig, m._gated_inputs(h, sig)), 3,
+                                     bias=m._read_bias(sig))
+    for b in range(2):                                   # the query at t reads the 3 best scores before t
+        for t in (4, 17, 29):
+            best = sorted(range(t), key=lambda j: (-sig["keep"][b, j].item(), j))[:3]
+            assert sorted(weights[b, t].nonzero().flatten().tolist()) == sorted(best)
+    m.train()                                            # training: every earlier token is held, softly
+    m.zero_grad()
+    out = m(x)
+    assert m._capacity(h) == 30 and float(m.auxiliary_loss().detach()) > float(m._aux.detach())
+    (out.pow(2).mean() + m.auxiliary_loss()).backward()
+    assert m.keep.weight.grad.abs().sum() > 0
+    cost = m.keep_weight * torch.sigmoid(m.keep(m.features(x))).mean()
+    assert torch.allclose(m.auxiliary_loss() - m._aux, cost)
+    with torch.no_grad():
+        m.eval()
+        m(x)
+    assert float(m.auxiliary_loss()) == float(m._aux if m._aux is not None else 0)
 
 
 def state_after(m, length, piece=37):
@@ -157,7 +186,8 @@ def test_bad_stream_input():
 
 
 @pytest.mark.parametrize("kwargs", [dict(kind="delta"), dict(kind="linear", sidecar=3),
-                                    dict(kind="mlp", momentum=True, forget=True, chunk_size=4), dict(sidecar=0)])
+                                    dict(kind="mlp", momentum=True, forget=True, chunk_size=4), dict(sidecar=0),
+                                    dict(sidecar_rank="learned", sidecar=3)])
 def test_probe_with_the_models_own_features_gives_its_own_logits(kwargs):
     m, x = model(**kwargs), tokens(2, 37)
     with torch.no_grad():

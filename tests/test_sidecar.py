@@ -64,6 +64,31 @@ def test_gradients_reach_queries_keys_values_not_the_selection():
     assert s.grad is None or s.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("capacity", [1, 5, 30])
+def test_a_read_bias_equals_the_naive_cache_read_with_it_streamed_or_not(capacity):
+    q, k, v, s = inputs(4)
+    bias = torch.randn(B, T, generator=torch.Generator().manual_seed(9), dtype=DT)
+    fast = sidecar_attention(q, k, v, s, capacity, bias=bias)
+    assert (fast - sidecar_attention_reference(q, k, v, s, capacity, bias=bias)).abs().max() < 1e-12
+    assert (fast - sidecar_attention(q, k, v, s, capacity)).abs().max() > 1e-3          # the bias is read
+    outs, state = [], None
+    for lo, hi in [(0, 6), (6, 7), (7, 23)]:
+        o, state = sidecar_attention(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], s[:, lo:hi], capacity, state=state,
+                                     return_state=True, bias=bias[:, lo:hi])
+        outs.append(o)
+    assert (torch.cat(outs, 1) - fast).abs().max() < 1e-12
+    kept = state.position >= 0
+    assert torch.equal(state.bias[kept], bias.gather(1, state.position.clamp(min=0))[kept])
+    from memorylib.sidecar import sidecar_weights
+    w, empty = sidecar_weights(q, k, v, s, capacity, bias=bias)
+    assert (w @ v - fast).abs().max() < 1e-12 and torch.allclose(w.sum(-1) + empty, torch.ones(B, T, dtype=DT))
+    b = bias.clone().requires_grad_()
+    sidecar_attention(q, k, v, s, capacity, bias=b).pow(2).sum().backward()
+    assert b.grad.abs().sum() > 0 and b.grad[:, -1].abs().sum() == 0            # the last token is never read
+    with pytest.raises(ValueError, match="carried with a read bias"):
+        sidecar_attention(q[:, :3], k[:, :3], v[:, :3], s[:, :3], capacity, state=state)
+
+
 def test_bad_inputs_name_the_value():
     q, k, v, s = inputs()
     with pytest.raises(ValueError, match="capacity must be an int >= 1, got 0"):

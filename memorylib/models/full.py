@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, check_number
 from ..sidecar import SidecarState, sidecar_attention, sidecar_weights
 from ..surprise import surprise_gate, token_surprise
 from ..tasks import TokenLayout
@@ -44,7 +44,7 @@ class FullStreamState:
         return self.context.numel() * self.context.element_size() + mem + side
 
 
-SIDECAR_RANKS = ("surprise", "recency", "random", "write")
+SIDECAR_RANKS = ("surprise", "recency", "random", "write", "learned")
 
 
 class FullRun(NamedTuple):
@@ -76,7 +76,13 @@ class FullMemoryModel(LearnedMemoryModel):
       at any length of the stream. ``sidecar_rank`` says what "most" means: ``"surprise"`` (the
       default), ``"recency"`` (the latest tokens), ``"random"`` (a fixed pseudo-random score per
       position) or ``"write"`` (the memory's own write strength, its gated learning rate averaged
-      over heads): the ablations of chapter 8.
+      over heads): the ablations of chapter 8. ``"learned"``: a keep score ``s_t`` read off ``h_t``
+      by its own head; the cache keeps the highest scores and reads an entry through
+      ``log sigmoid(s_t)`` added to its attention logit, so the score is trained by the answers
+      that read it, against a cost of ``keep_weight`` times the mean ``sigmoid(s_t)`` (keep few).
+      While training, the sidecar holds every earlier token (the score gets a gradient from every
+      token, whether it would be kept or not); at evaluation and when streaming, the top
+      ``sidecar`` scores (chapter 7).
 
     The memory read (normalized) and the sidecar read are added to ``h`` through their own
     projections, then an MLP and the output head. ``threshold``, ``temperature`` and ``sidecar``
@@ -93,7 +99,7 @@ class FullMemoryModel(LearnedMemoryModel):
 
     def __init__(self, *, sidecar: int = 16, surprise: bool = True, threshold: float = 0.5,
                  temperature: float = 0.1, aux_weight: float = 0.1, sidecar_dim: int = 32,
-                 sidecar_rank: str = "surprise", **kwargs):
+                 sidecar_rank: str = "surprise", keep_weight: float = 0.05, **kwargs):
         super().__init__(**kwargs)
         self.sidecar = check_int("sidecar", sidecar, 0)
         self.sidecar_rank = check_choice("sidecar_rank", sidecar_rank, SIDECAR_RANKS)
@@ -104,12 +110,19 @@ class FullMemoryModel(LearnedMemoryModel):
         self.side_qkv = nn.Linear(d_model, 3 * sidecar_dim)
         self.side_scale = nn.Parameter(torch.tensor(2.0))         # log of the query scale: e^2 ~ 7.4
         self.side_out = nn.Linear(sidecar_dim, d_model)
+        self.keep_weight = check_number("keep_weight", keep_weight, 0)
+        self._keep_cost = None
+        if self.sidecar_rank == "learned":              # made last: the other weights start as full_memory's
+            self.keep = nn.Linear(d_model, 1)
 
     def _signals(self, tokens: torch.Tensor, h: torch.Tensor) -> dict:
         logits = self.predictor(h)
         s = token_surprise(logits.detach(), tokens, "nll")
         gate = surprise_gate(1 - torch.exp(-s), self.threshold, self.temperature)
-        return {"logits": logits, "surprise": s, "gate": gate}
+        sig = {"logits": logits, "surprise": s, "gate": gate}
+        if self.sidecar_rank == "learned":
+            sig["keep"] = self.keep(h).squeeze(-1)
+        return sig
 
     def _side_inputs(self, h: torch.Tensor):
         q, k, v = self.side_qkv(h).split(self.sidecar_dim, dim=-1)
@@ -131,10 +144,23 @@ class FullMemoryModel(LearnedMemoryModel):
         B, T = sig["surprise"].shape
         if self.sidecar_rank == "write":
             return x["lr"].detach().mean(1)
+        if self.sidecar_rank == "learned":
+            return sig["keep"].detach()
         pos = torch.arange(offset, offset + T, dtype=torch.float64)
         if self.sidecar_rank == "random":            # a fixed pseudo-random number per position
             pos = torch.frac(torch.sin(pos * 12.9898 + 78.233) * 43758.5453)
         return pos.to(sig["surprise"].dtype).expand(B, T)
+
+    def _read_bias(self, sig: dict) -> torch.Tensor | None:
+        """The learned keep score's read bias ``log sigmoid(s_t)``; None for the other ranks."""
+        return F.logsigmoid(sig["keep"]) if self.sidecar_rank == "learned" else None
+
+    def _capacity(self, h: torch.Tensor) -> int:
+        """The sidecar's capacity for one call on features ``h``: ``sidecar``, except while training
+        a learned keep score, when every earlier token is held (class docstring)."""
+        if self.sidecar_rank == "learned" and self.training:
+            return max(self.sidecar, h.shape[1])
+        return self.sidecar
 
     def _run(self, h, sig, memory_state=None, sidecar_state=None, streaming=False, offset: int = 0) -> "FullRun":
         """From features ``h`` and surprise signals to the read-out's activations: the gated memory
@@ -145,11 +171,12 @@ class FullMemoryModel(LearnedMemoryModel):
         side = extra = None
         if self.sidecar > 0:
             q, k, v = self._side_inputs(h)
+            bias = self._read_bias(sig)
             if streaming:
                 side, sidecar_state = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self.sidecar,
-                                                        state=sidecar_state, return_state=True)
+                                                        state=sidecar_state, return_state=True, bias=bias)
             else:
-                side = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self.sidecar)
+                side = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self._capacity(h), bias=bias)
             extra = self.side_out(side)
         y = self.fuse_memory(h, reads, extra)
         return FullRun(y, x, reads, side, memory_state, sidecar_state)
@@ -158,13 +185,17 @@ class FullMemoryModel(LearnedMemoryModel):
         h = self.features(tokens)
         sig = self._signals(tokens, h)
         self.train_surprise_head(sig["logits"], tokens)
+        self._keep_cost = None
+        if self.sidecar_rank == "learned" and torch.is_grad_enabled():
+            self._keep_cost = self.keep_weight * torch.sigmoid(sig["keep"]).mean()
         run = self._run(h, sig)
         x, logits = run.inputs, self.logits_from(run.y)
         if return_trace:
             read = source = None
             if self.sidecar > 0:
                 with torch.no_grad():
-                    weights, empty = sidecar_weights(*self._side_inputs(h), self._rank_scores(sig, x), self.sidecar)
+                    weights, empty = sidecar_weights(*self._side_inputs(h), self._rank_scores(sig, x),
+                                                     self._capacity(h), bias=self._read_bias(sig))
                 read = 1 - empty                                      # how much came from cached tokens
                 top = weights.max(-1)
                 source = torch.where(top.values > empty, top.indices, -1).to(h.dtype)
@@ -173,8 +204,10 @@ class FullMemoryModel(LearnedMemoryModel):
         return logits
 
     def auxiliary_loss(self) -> torch.Tensor:
-        """The prediction head's next-token loss for the last forward pass with gradients on."""
-        return torch.zeros(()) if self._aux is None else self._aux
+        """The prediction head's next-token loss for the last forward pass with gradients on,
+        plus the learned keep score's cost (``"learned"`` rank only)."""
+        aux = torch.zeros(()) if self._aux is None else self._aux
+        return aux if self._keep_cost is None else aux + self._keep_cost
 
     def _check_state(self, state, batch: int) -> None:
         """A state from :meth:`stream` of a model of this shape, for ``batch`` sequences."""
@@ -246,7 +279,7 @@ class FullMemoryModel(LearnedMemoryModel):
             extra = None
             if self.sidecar > 0:
                 side = sidecar_attention(qs[:, p:p + 1].expand(-1, T, -1), ks, vs, self._rank_scores(sig, x),
-                                         self.sidecar)
+                                         self._capacity(h), bias=self._read_bias(sig))
                 extra = self.side_out(side)
             out.append(self.logits_from(self.fuse_memory(query_features[:, p:p + 1], reads, extra)))
         return torch.stack(out, dim=2)
@@ -274,4 +307,6 @@ MODELS = {
     "full_rank_recency": fixed(FullMemoryModel, sidecar_rank="recency"),
     "full_rank_random": fixed(FullMemoryModel, sidecar_rank="random"),
     "full_rank_write": fixed(FullMemoryModel, sidecar_rank="write"),
+    # chapter 7: what the sidecar keeps, learned
+    "full_learned_keep": fixed(FullMemoryModel, sidecar_rank="learned"),
 }

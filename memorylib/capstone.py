@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from . import reproducible
 from .checkpoint import save_checkpoint
 from .experiments import run
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, locked
 from .registry import build_task
 from .stats import describe
 
@@ -224,24 +223,6 @@ def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> 
         r["checkpoint"] = str(final.name) if r is median else None
 
 
-@contextmanager
-def _locked(out: Path):
-    """Hold an exclusive lock on ``<out>.lock`` (several sweep processes may share one results
-    file: each re-reads it under the lock before adding its row). Without ``fcntl`` (Windows), no
-    lock: run one process per file there."""
-    try:
-        import fcntl
-    except ImportError:                          # pragma: no cover - not on the book's machines
-        yield
-        return
-    with open(out.with_name(out.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _read(out: Path, spec_record: dict, resume: bool) -> dict:
     if resume and out.exists():
         try:
@@ -373,7 +354,7 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
     out = Path(out or spec["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
     spec_record = _spec_for_record(spec)
-    with _locked(out):
+    with locked(out):
         record = _read(out, spec_record, resume)
         if "lr_grid" in spec and "floors" not in record:
             record["floors"] = floors(spec)
@@ -383,7 +364,7 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
     log(f"{len(record['rows'])} rows done, {len(_plan(spec, record, models, tasks, seeds))} to run -> {out}")
     keep = spec.get("checkpoints") or {}
     while True:
-        with _locked(out):
+        with locked(out):
             record = _read(out, spec_record, True)
         todo = _plan(spec, record, models, tasks, seeds)
         if not todo:
@@ -407,7 +388,7 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
                             task_kwargs=entry["train"][1], seed=seed, net=net,
                             train_config={"sweep": spec["name"], "steps": spec["steps"],
                                           "batch_size": spec["batch_size"], "lr": lr, "warmup": spec["warmup"]})
-        with _locked(out):
+        with locked(out):
             record = _read(out, spec_record, True)
             if _key(result) not in {_key(r) for r in record["rows"]}:      # another process may have run it
                 record["rows"].append(result)

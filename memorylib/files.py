@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -41,3 +42,22 @@ def atomic_save(obj, path) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+@contextmanager
+def locked(path):
+    """Hold an exclusive lock on ``<path>.lock`` while the block runs: several processes that share
+    one results file (a sweep run in parallel) each re-read it under the lock before adding their
+    row. Without ``fcntl`` (Windows), no lock: run one process per file there."""
+    try:
+        import fcntl
+    except ImportError:                          # pragma: no cover - not on the book's machines
+        yield
+        return
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

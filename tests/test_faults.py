@@ -90,6 +90,26 @@ def test_atomic_writes_keep_the_old_file_when_the_writer_fails(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["record.json"]
 
 
+def test_a_lock_shared_by_two_processes_lets_one_in_at_a_time(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from memorylib.files import locked
+
+    out = tmp_path / "record.json"
+    holder = ("import sys, time; sys.path.insert(0, sys.argv[1]); from memorylib.files import locked\n"
+              "with locked(sys.argv[2]):\n    print('in', flush=True); time.sleep(1.5)")
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", holder, root, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "in"                   # the other process holds the lock
+    start = time.perf_counter()
+    with locked(out):
+        waited = time.perf_counter() - start
+    proc.wait(timeout=30)
+    assert waited > 0.5 and (tmp_path / "record.json.lock").exists() and not out.exists()
+
+
 # --- 2. output paths are checked before the work ---------------------------------------------------
 
 

@@ -1,0 +1,204 @@
+"""Chapter 7's needle family at 16K, 64K and 256K tokens: train the full model and its ablations on
+short sequences (512 tokens) with several seeds, then stream every variant of the family through
+them with a state of constant size. Resumable: every trained model and every evaluated cell is
+written as soon as it exists, and a re-run skips what the record already holds.
+
+    python experiments/needle_family.py                      # everything (hours: see the record's seconds)
+    python experiments/needle_family.py --stage train        # train (and tune) only
+    python experiments/needle_family.py --models "learned keep" --lengths 16384
+    python experiments/needle_family.py --quick --seeds 0     # 30 steps, 3 cells at 16K, 20 streams; into /tmp
+
+Several processes may run at once on one record (give them different ``--models``): the record is
+re-read under a lock (:func:`memorylib.files.locked`) before each row is added.
+
+Training (every model, every seed): a mixture (one task per batch) of the family's multi-query
+variant (``num_needles`` needles, every one asked, 8 of them) on a random haystack and on a Markov
+haystack, 512 tokens, batch 32, with the outer learning rate chosen from {1e-3, 3e-3, 1e-2} on
+seed 0's validation sequences (never the test streams), as every model of the capstone is tuned.
+The test streams are the variants of :mod:`memorylib.needles`, 200 per cell, with the same streams
+for every model (stream seed 0), the asked needle's depth spread over ten depths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from memorylib import reproducible  # noqa: E402  (no torch import)
+
+reproducible.apply()      # the book's thread count, before torch loads
+
+import torch  # noqa: E402
+
+from memorylib.checkpoint import load_model, save_checkpoint  # noqa: E402
+from memorylib.files import atomic_write_text, locked  # noqa: E402
+from memorylib.needles import stream_family  # noqa: E402
+from memorylib.registry import build_model, build_task  # noqa: E402
+from memorylib.tasks import TaskMixture  # noqa: E402
+from memorylib.training import evaluate, train  # noqa: E402
+
+OUT = ROOT / "book/results/ch07_family.json"
+CKPT = ROOT / "book/results/ch07_family"
+TRAIN_LEN = 512
+TRAIN_TASKS = [("needle_family", dict(variant="multi_query", seq_len=TRAIN_LEN, num_needles=8, num_queries=8,
+                                      filler=haystack)) for haystack in ("random", "markov")]
+RECIPE = dict(steps=400, batch_size=32, warmup=20)
+LR_GRID = [1e-3, 3e-3, 1e-2]
+SEEDS = [0, 1, 2]
+MODELS = {                                   # label: (registry name, keyword arguments)
+    "learned keep": ("full_learned_keep", {"sidecar": 32}),
+    "surprise": ("full_memory", {"sidecar": 32}),
+    "no sidecar": ("no_sidecar", {}),
+}
+TRIALS, PIECE, BATCH = 200, 256, 50
+# (variant, keyword arguments) of every cell; each is run on both haystacks at every length it lists
+CELLS = [
+    ("single", {}, (16384, 65536, 262144)),
+    ("multi_key", {"num_needles": 2}, (16384,)),
+    ("multi_key", {"num_needles": 4}, (16384,)),
+    ("multi_key", {"num_needles": 8}, (16384, 65536, 262144)),
+    ("multi_key", {"num_needles": 16}, (16384,)),
+    ("multi_query", {"num_needles": 8, "num_queries": 8}, (16384,)),
+    ("multi_value", {"num_needles": 4, "num_distractors": 3}, (16384,)),
+    ("update", {"num_needles": 4}, (16384,)),
+]
+HAYSTACKS = ("markov", "random")
+
+
+def training_task():
+    return TaskMixture([build_task(name, **kw) for name, kw in TRAIN_TASKS])
+
+
+def cell_key(variant: str, kwargs: dict, haystack: str, length: int) -> str:
+    """One cell's name in the record: ``multi_key N=8, random, 16384``."""
+    short = {"num_needles": "N", "num_queries": "Q", "num_distractors": "D"}
+    args = " ".join(f"{short[k]}={v}" for k, v in kwargs.items())
+    return f"{variant}{' ' + args if args else ''}, {haystack}, {length}"
+
+
+def checkpoint_file(label: str, seed: int, lr: float) -> pathlib.Path:
+    return CKPT / f"{label.replace(' ', '_')}_seed{seed}_lr{lr:g}.pt"
+
+
+def read_record(out: pathlib.Path) -> dict:
+    if not out.exists():
+        return {"training": {"tasks": [list(t) for t in TRAIN_TASKS], **RECIPE, "lr_grid": LR_GRID},
+                "models": {k: list(v) for k, v in MODELS.items()}, "trials": TRIALS, "piece": PIECE,
+                "train_rows": [], "cells": [], "seconds": 0.0}
+    record = json.loads(out.read_text())
+    if record.get("training", {}).get("tasks") != [list(t) for t in TRAIN_TASKS]:
+        raise ValueError(f"{out} holds runs of another training recipe; move it away to start over")
+    return record
+
+
+def add(out: pathlib.Path, key: str, row: dict, seconds: float, command: str) -> dict:
+    """Add ``row`` to ``record[key]`` under the lock (re-reading the file first) and write it."""
+    with locked(out):
+        record = read_record(out)
+        record[key].append(row)
+        record["seconds"] = round(record["seconds"] + seconds, 1)
+        record.update(reproducible.provenance(command))
+        atomic_write_text(out, json.dumps(record, indent=1, allow_nan=False) + "\n")
+    return record
+
+
+def chosen_lr(record: dict, label: str) -> float | None:
+    """The rate with the best mean validation accuracy among seed 0's tuning runs (None until all
+    of the grid has run); ties go to the smaller rate."""
+    runs = {r["lr"]: r for r in record["train_rows"] if r["model"] == label and r["seed"] == 0}
+    if set(runs) != set(LR_GRID):
+        return None
+    return max(LR_GRID, key=lambda lr: (runs[lr]["validation_mean"], -lr))
+
+
+def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path, command: str) -> None:
+    name, kwargs = MODELS[label]
+    torch.manual_seed(seed)
+    model = build_model(name, **kwargs)
+    task = training_task()
+    start = time.perf_counter()
+    fit = train(model, task, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=lr,
+                warmup=recipe["warmup"], seed=seed, log_every=25, desc=f"{label} seed {seed} lr {lr:g}")
+    seconds = time.perf_counter() - start
+    validation = [evaluate(model, t, num_examples=512, seed=seed, split="validation")["accuracy"]
+                  for t in task.tasks]
+    held_out = [evaluate(model, t, num_examples=512, seed=seed)["accuracy"] for t in task.tasks]
+    path = checkpoint_file(label, seed, lr)
+    save_checkpoint(path, model=name, model_kwargs=kwargs, task=TRAIN_TASKS[0][0], task_kwargs=TRAIN_TASKS[0][1],
+                    seed=seed, net=model, train_config={**recipe, "lr": lr, "tasks": [list(t) for t in TRAIN_TASKS]})
+    row = {"model": label, "seed": seed, "lr": lr, "history": fit["history"], "validation": validation,
+           "validation_mean": round(sum(validation) / len(validation), 4), "held_out": held_out,
+           "train_seconds": round(seconds, 1), "checkpoint": str(path.relative_to(ROOT))}
+    add(out, "train_rows", row, seconds, command)
+    print(f"{label} seed {seed} lr {lr:g}: validation {validation}, held out {held_out} ({seconds:.0f} s)", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated labels (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help="only these stream lengths")
+    p.add_argument("--stage", choices=("train", "eval", "all"), default="all")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 30 steps, 3 cells at 16K, 20 streams, into /tmp")
+    args = p.parse_args(argv)
+    labels = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in MODELS]
+    if unknown:
+        p.error(f"unknown model label(s) {unknown}; choose from {list(MODELS)}")
+    global OUT, CKPT, TRIALS
+    recipe = dict(RECIPE)
+    if args.quick:
+        OUT, CKPT, TRIALS = pathlib.Path("/tmp/needle_family_quick.json"), pathlib.Path("/tmp/needle_family_quick"), 20
+        recipe["steps"] = 30
+    CKPT.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/needle_family.py " + " ".join(argv)
+    if args.stage in ("train", "all"):
+        for label in labels:
+            for seed in args.seeds:
+                record = read_record(OUT)
+                done = {(r["seed"], r["lr"]) for r in record["train_rows"] if r["model"] == label}
+                rates = LR_GRID if seed == 0 else [chosen_lr(record, label)]
+                if None in rates:
+                    print(f"{label} seed {seed}: waits for seed 0's tuning", flush=True)
+                    continue
+                for lr in rates:
+                    if (seed, lr) not in done:
+                        train_one(label, seed, lr, recipe, OUT, command)
+    if args.stage in ("eval", "all"):
+        for label in labels:
+            for seed in args.seeds:
+                record = read_record(OUT)
+                lr = chosen_lr(record, label)
+                if lr is None or not any(r["model"] == label and r["seed"] == seed and r["lr"] == lr
+                                         for r in record["train_rows"]):
+                    print(f"{label} seed {seed}: not trained yet", flush=True)
+                    continue
+                model = load_model(checkpoint_file(label, seed, lr))[0]
+                cells = CELLS[::3] if args.quick else CELLS
+                for variant, kwargs, lengths in cells:
+                    for length in lengths:
+                        if args.lengths and length not in args.lengths or args.quick and length > 16384:
+                            continue
+                        for haystack in HAYSTACKS:
+                            key = cell_key(variant, kwargs, haystack, length)
+                            if any(c["model"] == label and c["seed"] == seed and c["cell"] == key
+                                   for c in read_record(OUT)["cells"]):
+                                continue
+                            r = stream_family(model, variant, length, TRIALS, haystack=haystack, piece=PIECE,
+                                              batch_size=BATCH, seed=0, **kwargs)
+                            add(OUT, "cells", {"model": label, "seed": seed, "lr": lr, "cell": key, **r},
+                                r["seconds"], command)
+                            print(f"{label} seed {seed} {key}: {r['accuracy']} {r['ci']} floor "
+                                  f"{r['floor']['accuracy']} other {r['other_needle_rate']} cached "
+                                  f"{r['value_cached']} ({r['seconds']} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

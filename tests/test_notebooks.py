@@ -85,6 +85,9 @@ def test_the_publishing_workflow_builds_with_the_readme_commands_and_runs_ci():
     assert any(u.startswith("actions/deploy-pages") for u in uses)
     upload = next(s for s in flow["jobs"]["publish"]["steps"] if s.get("uses", "").startswith("actions/upload"))
     assert upload["with"]["path"] == "_build/html"
+    # CI keeps the browser test's screenshots of every figure (tests/test_browser.py)
+    kept = [s for s in flow["jobs"]["ci"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert kept and kept[0]["with"]["path"] == "_build/screenshots" and kept[0]["if"] == "always()"
 
 
 # Chapters 7 and 8 are to be rewritten on new records; their code is held to the width then.

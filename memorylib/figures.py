@@ -32,16 +32,27 @@ STRIP_ROLES = ["filler", "SET", "ASK", "key", "value", "scored key", "answer", "
 ROLE_COLOURS = ["#f2f2f2", "#c7d9ee", "#f6d0b1", "#9ecae1", "#a1d99b", "#fd8d3c", "#e6550d", "#31a354"]
 
 
+def _shown(text: str) -> int:
+    """How many characters of ``text`` a reader sees (markup such as ``<sup>`` takes none)."""
+    import re
+
+    return len(re.sub(r"<[^>]*>", "", text))
+
+
 def wrap(text: str | None, width: int = TITLE_CHARS) -> str | None:
-    """``text`` with ``<br>`` between words so that no line is longer than ``width`` characters
-    (line breaks already in it are kept; a single longer word stays whole)."""
+    """``text`` with ``<br>`` between words so that no line shows more than ``width`` characters
+    (line breaks already in it are kept; a single longer word stays whole; markup is not counted,
+    and a line that fits is left alone, so wrapping twice changes nothing)."""
     if not text:
         return text
     lines = []
     for part in str(text).split("<br>"):
+        if _shown(part) <= width:
+            lines.append(part)
+            continue
         line = ""
         for word in part.split(" "):
-            if line and len(line) + 1 + len(word) > width:
+            if line and _shown(line) + 1 + _shown(word) > width:
                 lines.append(line)
                 line = word
             else:
@@ -88,13 +99,15 @@ def panels(n: int, titles, height: int, max_cols: int = MAX_COLS, **kwargs):
     rows = math.ceil(n / cols)
     titles = [wrap(t, TITLE_CHARS // cols - 2) for t in titles] if titles else None
     title_px = max((_lines(t) for t in titles), default=0) * 17 + 8 if titles else 8
+    top_px = max((_lines(t) for t in titles[:cols]), default=0) * 17 + 8 if titles else 8
     if rows > 1:
-        kwargs.setdefault("vertical_spacing", min(0.3, (70 + title_px) / max(height - 120, 100)))
+        # tick labels (turned upright on a phone) and the axis title of the row above: about 100 px
+        kwargs.setdefault("vertical_spacing", min(0.35, (100 + title_px) / max(height - 120, 100)))
     kwargs.setdefault("horizontal_spacing", 0.14 if cols > 1 else 0.02)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, **kwargs)
     fig.update_annotations(font_size=PANEL_TITLE_SIZE)
     cells = [(i // cols + 1, i % cols + 1) for i in range(n)]
-    return fig, cells, title_px
+    return fig, cells, top_px
 
 
 def token_figure(batch: Batch, index: int = 0, layout: TokenLayout | None = None,
@@ -168,11 +181,12 @@ def _distance_trace(name: str, result: dict, colour: str, visible=True) -> go.Sc
 
 
 def _mark(x: float, label: str, colour: str = "#555", level: int = 0) -> tuple[dict, dict]:
-    """A dotted vertical line at ``x`` and its label; ``level`` puts the label one line lower per
-    step, so the labels of marks close together do not run into each other."""
+    """A dotted vertical line at ``x`` and its label, at mid-height (an accuracy's curves run along
+    the top or the bottom); ``level`` puts the label one line lower per step, so the labels of
+    marks close together do not run into each other."""
     shape = {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "yref": "paper",
              "line": {"dash": "dot", "color": colour, "width": 1.5}}
-    note = {"x": x, "y": 0.99 - 0.09 * level, "yref": "paper", "text": label, "showarrow": False,
+    note = {"x": x, "y": 0.6 - 0.09 * level, "yref": "paper", "text": label, "showarrow": False,
             "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": colour}}
     return shape, note
 
@@ -716,8 +730,8 @@ def drift_figure(errors: dict[str, dict], threshold: float | None = 1.0, cap: fl
     if not errors:
         raise ValueError("errors must hold at least one panel")
     names = list(errors)
-    width = TITLE_CHARS // min(len(names), MAX_COLS)
-    titles = [wrap(p, width) + ("".join(f"<br><sup>{line}</sup>" for line in wrap(notes[p], width + 6).split("<br>"))
+    width = TITLE_CHARS // min(len(names), MAX_COLS) - 2          # as panels() wraps panel titles
+    titles = [wrap(p, width) + ("".join(f"<br><sup>{line}</sup>" for line in wrap(notes[p], width).split("<br>"))
                                 if notes and p in notes else "") for p in names]
     height = 170 + 280 * math.ceil(len(names) / MAX_COLS)
     fig, cells, gap = panels(len(names), titles, height, shared_yaxes="all")

@@ -26,6 +26,7 @@ PANEL_TITLE_SIZE = 13
 LINE_PX = 20                      # height of one line of a title, with its spacing
 LEGEND_BELOW = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"}
 MAX_COLS = 2
+SLIDER_ROOM = 250                 # bottom margin of a figure with a slider and a legend
 
 # token roles in token_figure, in colour order
 STRIP_ROLES = ["filler", "SET", "ASK", "key", "value", "scored key", "answer", "evidence"]
@@ -80,8 +81,14 @@ def finish(fig: go.Figure, title: str | None, height: int, *, gap: int = 10, leg
     (panel titles, a slider's label); ``title_lines``: lines to make room for when a slider
     changes the title (default: the title's own)."""
     lines = title_lines or _lines(wrap(title))
+    bottom = 12
+    if legend and layout.get("sliders"):
+        # plotly places a slider under the plot area and a legend at the figure's foot without
+        # stacking them: keep room for the slider (under the axis title) and up to three rows of
+        # legend below it
+        bottom, height = SLIDER_ROOM, height + SLIDER_ROOM - 120
     fig.update_layout(template=TEMPLATE, height=height, title=title_layout(title, height),
-                      margin={"l": 60, "r": 24, "t": 12 + LINE_PX * lines + gap, "b": 12, **(margin or {})},
+                      margin={"l": 60, "r": 24, "t": 12 + LINE_PX * lines + gap, "b": bottom, **(margin or {})},
                       legend=LEGEND_BELOW if legend else None, showlegend=None if legend else False, **layout)
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
@@ -97,7 +104,7 @@ def panels(n: int, titles, height: int, max_cols: int = MAX_COLS, **kwargs):
 
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
-    titles = [wrap(t, TITLE_CHARS // cols - 2) for t in titles] if titles else None
+    titles = [wrap(t, TITLE_CHARS // cols - 4) for t in titles] if titles else None
     title_px = max((_lines(t) for t in titles), default=0) * 17 + 8 if titles else 8
     top_px = max((_lines(t) for t in titles[:cols]), default=0) * 17 + 8 if titles else 8
     if rows > 1:
@@ -730,7 +737,7 @@ def drift_figure(errors: dict[str, dict], threshold: float | None = 1.0, cap: fl
     if not errors:
         raise ValueError("errors must hold at least one panel")
     names = list(errors)
-    width = TITLE_CHARS // min(len(names), MAX_COLS) - 2          # as panels() wraps panel titles
+    width = TITLE_CHARS // min(len(names), MAX_COLS) - 4          # as panels() wraps panel titles
     titles = [wrap(p, width) + ("".join(f"<br><sup>{line}</sup>" for line in wrap(notes[p], width).split("<br>"))
                                 if notes and p in notes else "") for p in names]
     height = 170 + 280 * math.ceil(len(names) / MAX_COLS)

@@ -338,6 +338,8 @@ def test_chapter_page_layout(browser, site, docname, viewport):
     stem = pathlib.Path(docname).name
     for old in folder.glob(f"{stem}-*.png"):
         old.unlink()
+    # the theme's sticky headers would cover the top of a figure scrolled into view (after the probe)
+    page.add_style_tag(content=".bd-header, .bd-header-article { position: static !important; }")
     figures = page.locator(".plotly-graph-div")
     for i in range(figures.count()):
         figures.nth(i).scroll_into_view_if_needed()

@@ -188,7 +188,24 @@ def register_book_renderer() -> str:
     return pio.renderers.default
 
 
-def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True) -> dict[str, Any]:
+class Settings(dict):
+    """What :func:`setup` did: a dict (``seed``, ``threads``, ``torch``, ``book_mode``, ``colab``,
+    ``renderer``) that a notebook shows as one short line rather than as a dict."""
+
+    def __repr__(self) -> str:
+        threads = self["threads"]
+        parts = [f"seed {self['seed']}", f"{threads} thread{'' if threads == 1 else 's'}", f"torch {self['torch']}"]
+        if self["book_mode"]:
+            parts.append("figures for the book")
+        if self["colab"]:
+            parts.append("Colab")
+        return "memorylib ready: " + ", ".join(parts)
+
+    def _repr_pretty_(self, printer, cycle) -> None:      # IPython's display of a cell's last value
+        printer.text(repr(self))
+
+
+def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True) -> Settings:
     """Prepare a chapter: seeds, a fixed thread count, deterministic kernels, the plotly renderer.
 
     ``threads`` is fixed because float32 results change in their last bits with the thread count.
@@ -197,7 +214,8 @@ def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True)
     CI's foreign-arithmetic run another) and otherwise uses the book's: one thread
     (:mod:`memorylib.reproducible` says what it costs and buys).
     In a fresh kernel (:func:`fresh_kernel`: Colab) it first fetches the book's files and moves to
-    its ``chapters/`` folder (:func:`fetch_book`). Returns a small dict describing the environment.
+    its ``chapters/`` folder (:func:`fetch_book`). Returns a small dict describing the environment
+    (:class:`Settings`, shown as one line).
     """
     from . import reproducible
 
@@ -212,11 +230,5 @@ def setup(seed: int = 0, threads: int | None = None, deterministic: bool = True)
     if deterministic:
         torch.use_deterministic_algorithms(True)
     renderer = register_book_renderer() if book_mode() else None
-    return {
-        "seed": seed,
-        "threads": threads,
-        "torch": torch.__version__.split("+")[0],
-        "book_mode": book_mode(),
-        "colab": in_colab(),
-        "renderer": renderer,
-    }
+    return Settings(seed=seed, threads=threads, torch=torch.__version__.split("+")[0], book_mode=book_mode(),
+                    colab=in_colab(), renderer=renderer)

@@ -15,9 +15,106 @@ from .tasks import Batch, TokenLayout
 TEMPLATE = "plotly_white"
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
+# The book's layout, shared by every figure: a figure must read at the book's content width and on a
+# 390 px phone, where plotly neither wraps text nor moves it out of the way. So titles wrap at
+# TITLE_CHARS characters and sit above everything (the top margin grows to hold them), panel titles
+# wrap to their panel's share of that, legends sit under the figure (the bottom margin grows to hold
+# every row, below the axis titles), and no figure has more than two panels side by side.
+TITLE_CHARS = 38
+TITLE_SIZE = 15
+PANEL_TITLE_SIZE = 13
+LINE_PX = 20                      # height of one line of a title, with its spacing
+LEGEND_BELOW = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"}
+MAX_COLS = 2
+SLIDER_ROOM = 250                 # bottom margin of a figure with a slider and a legend
+
 # token roles in token_figure, in colour order
 STRIP_ROLES = ["filler", "SET", "ASK", "key", "value", "scored key", "answer", "evidence"]
 ROLE_COLOURS = ["#f2f2f2", "#c7d9ee", "#f6d0b1", "#9ecae1", "#a1d99b", "#fd8d3c", "#e6550d", "#31a354"]
+
+
+def _shown(text: str) -> int:
+    """How many characters of ``text`` a reader sees (markup such as ``<sup>`` takes none)."""
+    import re
+
+    return len(re.sub(r"<[^>]*>", "", text))
+
+
+def wrap(text: str | None, width: int = TITLE_CHARS) -> str | None:
+    """``text`` with ``<br>`` between words so that no line shows more than ``width`` characters
+    (line breaks already in it are kept; a single longer word stays whole; markup is not counted,
+    and a line that fits is left alone, so wrapping twice changes nothing)."""
+    if not text:
+        return text
+    lines = []
+    for part in str(text).split("<br>"):
+        if _shown(part) <= width:
+            lines.append(part)
+            continue
+        line = ""
+        for word in part.split(" "):
+            if line and _shown(line) + 1 + _shown(word) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return "<br>".join(lines)
+
+
+def _lines(text: str | None) -> int:
+    return 0 if not text else str(text).count("<br>") + 1
+
+
+def title_layout(text: str | None, height: int) -> dict:
+    """A wrapped title at the top left of a figure ``height`` pixels tall. Plotly places the first
+    line of a title at its anchor and the others below it, whatever the anchor, so the first line
+    is put 20 pixels from the top and :func:`finish` makes the top margin as tall as every line."""
+    return {"text": wrap(text), "x": 0, "xref": "container", "xanchor": "left", "y": round(1 - 20 / height, 4),
+            "yref": "container", "yanchor": "middle", "pad": {"l": 12}, "font": {"size": TITLE_SIZE}}
+
+
+def finish(fig: go.Figure, title: str | None, height: int, *, gap: int = 10, legend: bool = True,
+           margin: dict | None = None, title_lines: int | None = None, **layout) -> go.Figure:
+    """Apply the book's layout (see ``TITLE_CHARS``): template, title, legend under the figure,
+    axes that make room for their labels. ``gap``: pixels between the title and the plot area
+    (panel titles, a slider's label); ``title_lines``: lines to make room for when a slider
+    changes the title (default: the title's own)."""
+    lines = title_lines or _lines(wrap(title))
+    bottom = 12
+    if legend and layout.get("sliders"):
+        # plotly places a slider under the plot area and a legend at the figure's foot without
+        # stacking them: keep room for the slider (under the axis title) and up to three rows of
+        # legend below it
+        bottom, height = SLIDER_ROOM, height + SLIDER_ROOM - 120
+    fig.update_layout(template=TEMPLATE, height=height, title=title_layout(title, height),
+                      margin={"l": 60, "r": 24, "t": 12 + LINE_PX * lines + gap, "b": bottom, **(margin or {})},
+                      legend=LEGEND_BELOW if legend else None, showlegend=None if legend else False, **layout)
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
+def panels(n: int, titles, height: int, max_cols: int = MAX_COLS, **kwargs):
+    """``make_subplots`` for ``n`` panels, at most ``max_cols`` side by side (more go on further
+    rows), panel titles wrapped to their share of the width, with room between rows for the tick
+    labels and axis title of the row above and the titles of the row below. Returns the figure,
+    the (row, col) of each panel and the pixels the top row's titles need above the plot area."""
+    import math
+
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    titles = [wrap(t, TITLE_CHARS // cols - 4) for t in titles] if titles else None
+    title_px = max((_lines(t) for t in titles), default=0) * 17 + 8 if titles else 8
+    top_px = max((_lines(t) for t in titles[:cols]), default=0) * 17 + 8 if titles else 8
+    if rows > 1:
+        # tick labels (turned upright on a phone) and the axis title of the row above: about 100 px
+        kwargs.setdefault("vertical_spacing", min(0.35, (100 + title_px) / max(height - 120, 100)))
+    kwargs.setdefault("horizontal_spacing", 0.14 if cols > 1 else 0.02)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, **kwargs)
+    fig.update_annotations(font_size=PANEL_TITLE_SIZE)
+    cells = [(i // cols + 1, i % cols + 1) for i in range(n)]
+    return fig, cells, top_px
 
 
 def token_figure(batch: Batch, index: int = 0, layout: TokenLayout | None = None,
@@ -60,14 +157,16 @@ def token_figure(batch: Batch, index: int = 0, layout: TokenLayout | None = None
         scale += [[i / n, c], [(i + 1) / n, c]]
     fig = go.Figure(go.Heatmap(
         z=z, text=text, texttemplate="%{text}", textfont={"size": 10}, hovertext=hover,
-        hoverinfo="text", colorscale=scale, zmin=-0.5, zmax=n - 0.5, xgap=1, ygap=1,
-        colorbar={"tickvals": list(range(n)), "ticktext": STRIP_ROLES, "title": "role"}))
-    fig.update_layout(template=TEMPLATE, title=title, height=60 + 26 * rows,
-                      margin={"l": 50, "r": 20, "t": 40 if title else 10, "b": 20},
-                      xaxis={"showticklabels": False, "showgrid": False},
-                      yaxis={"autorange": "reversed", "title": "row", "showgrid": False,
-                             "tickvals": list(range(rows)), "ticktext": [str(r * row_len) for r in range(rows)]})
-    return fig
+        hoverinfo="text", colorscale=scale, zmin=-0.5, zmax=n - 0.5, xgap=1, ygap=1, showscale=False))
+    # the roles as a legend of coloured squares (a colour bar has no room for eight labels beside a short strip)
+    for i in sorted(set(role)):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=STRIP_ROLES[i], hoverinfo="skip",
+                                 marker={"symbol": "square", "size": 12, "color": ROLE_COLOURS[i],
+                                         "line": {"color": "#999", "width": 1}}))
+    return finish(fig, title, 130 + 26 * rows + LINE_PX * _lines(wrap(title)), margin={"l": 50, "r": 20},
+                  xaxis={"showticklabels": False, "showgrid": False, "zeroline": False},
+                  yaxis={"autorange": "reversed", "title": "row", "showgrid": False, "zeroline": False,
+                         "tickvals": list(range(rows)), "ticktext": [str(r * row_len) for r in range(rows)]})
 
 
 def _bin_centres(bins: dict) -> list[float]:
@@ -88,10 +187,13 @@ def _distance_trace(name: str, result: dict, colour: str, visible=True) -> go.Sc
                       "<br>accuracy %{y:.3f} (n=%{customdata[2]})<extra></extra>")
 
 
-def _mark(x: float, label: str, colour: str = "#555") -> tuple[dict, dict]:
+def _mark(x: float, label: str, colour: str = "#555", level: int = 0) -> tuple[dict, dict]:
+    """A dotted vertical line at ``x`` and its label, at mid-height (an accuracy's curves run along
+    the top or the bottom); ``level`` puts the label one line lower per step, so the labels of
+    marks close together do not run into each other."""
     shape = {"type": "line", "x0": x, "x1": x, "y0": 0, "y1": 1, "yref": "paper",
              "line": {"dash": "dot", "color": colour, "width": 1.5}}
-    note = {"x": x, "y": 0.97, "yref": "paper", "text": label, "showarrow": False,
+    note = {"x": x, "y": 0.6 - 0.09 * level, "yref": "paper", "text": label, "showarrow": False,
             "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": colour}}
     return shape, note
 
@@ -109,37 +211,40 @@ def accuracy_by_distance_figure(results: dict[str, dict], chance: float | None =
         fig.add_trace(_distance_trace(name, res, PALETTE[i % len(PALETTE)]))
     if chance is not None:
         fig.add_hline(y=chance, line={"dash": "dash", "color": "#888"},
-                      annotation_text="chance", annotation_position="bottom right")
-    for label, x in (marks or {}).items():
-        shape, note = _mark(x, label)
+                      annotation_text="chance", annotation_position="top right")
+    for level, (label, x) in enumerate((marks or {}).items()):
+        shape, note = _mark(x, label, level=level)
         fig.add_shape(shape)
         fig.add_annotation(note)
-    fig.update_layout(template=TEMPLATE, title=title, height=380, hovermode="closest",
-                      xaxis_title="distance from the evidence to the query (tokens)",
-                      yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
+    return finish(fig, title, 400, hovermode="closest",
+                  xaxis_title=wrap("distance from the evidence to the query (tokens)"),
+                  yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]})
 
 
 def parameter_slider_figure(curves: dict, parameter: str = "window", chance: float | None = None,
                             reference: dict | None = None, reach: dict | None = None,
-                            title: str | None = None) -> go.Figure:
+                            title: str | None = None, active=None) -> go.Figure:
     """A slider over precomputed accuracy-by-distance curves, one step per value of a parameter
     (an attention window in chapter 1, a number of slots in chapter 2); works in a static page
     with no kernel. Introduced in chapter 1, generalised in chapter 2.
 
     curves: ``{value: evaluate(...) result}``; reference: ``{name: result}`` lines shown on every
-    step; reach: ``{value: distance}`` where a dotted line marks how far that value can see.
+    step; reach: ``{value: distance}`` where a dotted line marks how far that value can see;
+    active: the value shown first (default the first), the one the text discusses; title: default
+    "Accuracy against distance, by <parameter>".
     """
     if not curves:
         raise ValueError(f"curves must hold at least one {parameter}")
-    fig = go.Figure()
     keys = list(curves)
+    if active is not None and active not in keys:
+        raise ValueError(f"active must be one of {keys}, got {active!r}")
+    shown = keys.index(active) if active is not None else 0
+    fig = go.Figure()
     for i, (name, res) in enumerate((reference or {}).items()):
         fig.add_trace(_distance_trace(name, res, PALETTE[(i + 1) % len(PALETTE)]))
     n_ref = len(fig.data)
     for j, w in enumerate(keys):
-        fig.add_trace(_distance_trace(f"{parameter} {w}", curves[w], PALETTE[0], visible=(j == 0)))
+        fig.add_trace(_distance_trace(f"{parameter} {w}", curves[w], PALETTE[0], visible=(j == shown)))
     steps = []
     for j, w in enumerate(keys):
         visible = [True] * n_ref + [k == j for k in range(len(keys))]
@@ -152,41 +257,39 @@ def parameter_slider_figure(curves: dict, parameter: str = "window", chance: flo
                            "line": {"dash": "dash", "color": "#888", "width": 1}})
         steps.append({"method": "update", "label": str(w),
                       "args": [{"visible": visible}, {"shapes": shapes, "annotations": notes}]})
-    first = steps[0]["args"][1]
-    fig.update_layout(template=TEMPLATE, title=title, height=430, shapes=first["shapes"],
-                      annotations=first["annotations"],
-                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": f"{parameter}: "},
-                                "pad": {"t": 50}}],
-                      xaxis_title="distance from the evidence to the query (tokens)",
-                      yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": 1.12})
-    return fig
+    first = steps[shown]["args"][1]
+    return finish(fig, title or f"Accuracy against distance, by {parameter}", 480, shapes=first["shapes"],
+                  annotations=first["annotations"],
+                  sliders=[{"active": shown, "steps": steps, "currentvalue": {"prefix": f"{parameter}: "},
+                            "pad": {"t": 85}}],
+                  xaxis_title=wrap("distance from the evidence to the query (tokens)"),
+                  yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]})
 
 
 def window_slider_figure(curves: dict, chance: float | None = None, reference: dict | None = None,
-                         reach: dict | None = None,
-                         title: str = "Restricting attention to a window") -> go.Figure:
+                         reach: dict | None = None, title: str = "Restricting attention to a window",
+                         active=None) -> go.Figure:
     """Chapter 1's window slider: :func:`parameter_slider_figure` over attention windows.
 
     curves: ``{window: evaluate(...) result}`` where window is an int or ``"full"``.
     """
     if not curves:
         raise ValueError("curves must hold at least one window")
-    return parameter_slider_figure(curves, "window", chance=chance, reference=reference, reach=reach, title=title)
+    return parameter_slider_figure(curves, "window", chance=chance, reference=reference, reach=reach, title=title,
+                                   active=active)
 
 
 def training_curves_figure(histories: dict[str, dict], title: str = "Training") -> go.Figure:
     """Loss and answer accuracy on training batches; ``histories``: ``{name: train(...) result}``."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss at answers", "accuracy at answers"))
+    fig, _, gap = panels(2, ("loss at answers", "accuracy at answers"), 360)
     for i, (name, run) in enumerate(histories.items()):
         h, colour = run["history"], PALETTE[i % len(PALETTE)]
         fig.add_trace(go.Scatter(x=h["step"], y=h["loss"], name=name, line={"color": colour},
                                  legendgroup=name), row=1, col=1)
         fig.add_trace(go.Scatter(x=h["step"], y=h["accuracy"], name=name, line={"color": colour},
                                  legendgroup=name, showlegend=False), row=1, col=2)
-    fig.update_layout(template=TEMPLATE, title=title, height=330, legend={"orientation": "h", "y": -0.2})
     fig.update_xaxes(title_text="step")
-    return fig
+    return finish(fig, title, 360, gap=gap)
 
 
 # --- slot memory (chapters 2-3) ----------------------------------------------------------------
@@ -240,8 +343,9 @@ def slot_heatmap_figure(trace: dict, tokens, index: int = 0, layout: TokenLayout
     pos = list(range(T))
     write, read = trace["write"][index].T, trace["read"][index].T          # (slots, seq_len)
     slots = list(range(write.shape[0]))
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.4, 0.4, 0.2],
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.4, 0.4, 0.2],
                         subplot_titles=("writes (write gate × address)", "reads (read gate × weights)", "gates"))
+    fig.update_annotations(font_size=PANEL_TITLE_SIZE)
     for row, data, scale, what in ((1, write, "Oranges", "write"), (2, read, "Blues", "read")):
         fig.add_trace(go.Heatmap(z=_r(data), x=pos, y=slots, customdata=[names] * len(slots), colorscale=scale,
                                  zmin=0, zmax=1, showscale=False, name=f"{what}s",
@@ -260,33 +364,30 @@ def slot_heatmap_figure(trace: dict, tokens, index: int = 0, layout: TokenLayout
     fig.update_yaxes(range=[-0.05, 1.05], row=3, col=1)
     fig.update_xaxes(showticklabels=False, row=1, col=1)
     fig.update_xaxes(showticklabels=False, row=2, col=1)
-    fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=-90, tickfont={"size": 8},
+    fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=-90, tickfont={"size": 10},
                      title_text="token", row=3, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=640, legend={"orientation": "h", "y": -0.32},
-                      margin={"l": 50, "r": 20, "t": 60 if title else 30, "b": 90})
-    return fig
+    return finish(fig, title, 720, gap=26, margin={"l": 50, "r": 20})
 
 
 def slot_training_figure(histories: dict[str, dict], title: str = "What the memory does during training") -> go.Figure:
     """Write entropy, read entropy, writes per token and mean slot lifetime against the training
     step, from ``train(..., monitor=memorylib.analysis.slot_monitor)`` results (``{name: result}``).
     Introduced in chapter 2."""
-    panels = (("write_entropy", "write entropy"), ("read_entropy", "read entropy"),
-              ("writes_per_token", "writes per token"), ("mean_lifetime", "slot lifetime (tokens)"))
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels])
+    shown = (("write_entropy", "write entropy"), ("read_entropy", "read entropy"),
+             ("writes_per_token", "writes per token"), ("mean_lifetime", "slot lifetime (tokens)"))
+    fig, cells, gap = panels(len(shown), [p[1] for p in shown], 560)
     for i, (name, run) in enumerate(histories.items()):
         h, colour = run["history"], PALETTE[i % len(PALETTE)]
-        missing = [key for key, _ in panels if key not in h]
+        missing = [key for key, _ in shown if key not in h]
         if missing:
             raise ValueError(f"history of {name!r} has no {missing}: train with monitor=slot_monitor")
-        for col, (key, _) in enumerate(panels, start=1):
+        for j, ((key, _), (row, col)) in enumerate(zip(shown, cells)):
             fig.add_trace(go.Scatter(x=h["step"], y=h[key], name=name, line={"color": colour},
-                                     legendgroup=name, showlegend=col == 1), row=1, col=col)
+                                     legendgroup=name, showlegend=j == 0), row=row, col=col)
     fig.update_yaxes(range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(template=TEMPLATE, title=title, height=320, legend={"orientation": "h", "y": -0.3})
-    return fig
+    fig.update_xaxes(title_text="step", row=cells[-1][0])
+    return finish(fig, title, 560, gap=gap)
 
 
 def capacity_figure(curves: dict[str, dict], chance: float | None = None,
@@ -303,7 +404,11 @@ def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
     """One panel per metric: per model, a bar at the mean over seeds with the sample standard
     deviation (``ddof=1``; 0 for a single seed) as error bar, and every seed as a dot.
     rows: dicts with ``model``, ``seed`` and one number per metric (rows where a metric is None
-    are left out of that panel). Models keep the order of their first row. Introduced in chapter 2."""
+    are left out of that panel). Models keep the order of their first row. A metric whose values
+    all lie in [0, 1] (an accuracy, a rate, a normalised entropy) has its error bars cut at 0 and 1.
+    At most two panels side by side; more go on further rows. Introduced in chapter 2."""
+    import math
+
     import numpy as np
 
     if not rows:
@@ -312,28 +417,32 @@ def ablation_figure(rows: list[dict], metrics=("accuracy", "stale_rate"),
     if missing:
         raise ValueError(f"no row has a value for {missing}; rows have {sorted(set().union(*rows))}")
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
-    for col, metric in enumerate(metrics, start=1):
+    height = 170 + 250 * math.ceil(len(metrics) / MAX_COLS)
+    fig, cells, gap = panels(len(metrics), list(metrics), height)
+    for j, (metric, (row, col)) in enumerate(zip(metrics, cells)):
+        values = [r[metric] for r in rows if r.get(metric) is not None]
+        unit = 0 <= min(values) and max(values) <= 1
         for i, name in enumerate(models):
             vals = np.array([r[metric] for r in rows if r["model"] == name and r.get(metric) is not None], float)
             colour = PALETTE[i % len(PALETTE)]
             if len(vals) == 0:
                 continue
             std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-            fig.add_trace(go.Bar(x=[name], y=[round(float(vals.mean()), 4)], marker={"color": colour, "opacity": 0.55},
-                                 error_y={"type": "data", "array": [round(std, 4)]}, name=name, legendgroup=name,
-                                 showlegend=col == 1,
+            mean = float(vals.mean())
+            up, down = (min(std, 1 - mean), min(std, mean)) if unit else (std, std)
+            fig.add_trace(go.Bar(x=[name], y=[round(mean, 4)], marker={"color": colour, "opacity": 0.55},
+                                 error_y={"type": "data", "symmetric": False, "array": [round(up, 4)],
+                                          "arrayminus": [round(down, 4)]}, name=name, legendgroup=name,
+                                 showlegend=j == 0,
                                  hovertemplate=f"{name}<br>{metric}: mean %{{y:.3f}} ± {std:.3f} "
                                                f"(n={len(vals)})<extra></extra>"),
-                          row=1, col=col)
+                          row=row, col=col)
             fig.add_trace(go.Scatter(x=[name] * len(vals), y=_r(vals, 4), mode="markers", showlegend=False,
                                      marker={"color": colour, "size": 7, "line": {"color": "white", "width": 1}},
                                      legendgroup=name, hovertemplate=f"{name}<br>{metric}: %{{y:.3f}}<extra></extra>"),
-                          row=1, col=col)
-        fig.update_xaxes(showticklabels=False, row=1, col=col)
-    fig.update_layout(template=TEMPLATE, title=title, height=380, barmode="overlay",
-                      legend={"orientation": "h", "y": -0.15})
-    return fig
+                          row=row, col=col)
+        fig.update_xaxes(showticklabels=False, row=row, col=col)
+    return finish(fig, title, height, gap=gap, barmode="overlay")
 
 
 def survival_figure(results: dict[str, dict], title: str = "How long a written fact stays retrievable") -> go.Figure:
@@ -359,11 +468,8 @@ def survival_figure(results: dict[str, dict], title: str = "How long a written f
                 customdata=[[x_ + width - 1, part["n"][j]] for x_, j in zip(x, keep)],
                 hovertemplate=f"{name} ({status})<br>%{{x}}–%{{customdata[0]}} tokens after the write: "
                               "%{y:.3f} (n=%{customdata[1]})<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=title, height=400,
-                      xaxis_title="tokens since the fact was written",
-                      yaxis={"title": "P(memory still returns the value)", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
+    return finish(fig, title, 440, xaxis_title="tokens since the fact was written",
+                  yaxis={"title": "P(memory still returns<br>the value)", "range": [-0.02, 1.05]})
 
 
 # --- surprise (chapter 4) --------------------------------------------------------------------
@@ -384,25 +490,22 @@ def accuracy_curve_figure(curves: dict[str, dict], x_title: str, chance: float |
         acc = [by_x[x]["accuracy"] for x in xs]
         fig.add_trace(go.Scatter(
             x=xs, y=acc, name=name, mode="lines+markers", line={"color": PALETTE[i % len(PALETTE)]},
-            error_y={"type": "data", "symmetric": False,
-                     "array": [round(by_x[x]["ci"][1] - a, 4) for x, a in zip(xs, acc)],
-                     "arrayminus": [round(a - by_x[x]["ci"][0], 4) for x, a in zip(xs, acc)]},
+            error_y={"type": "data", "symmetric": False,       # an accuracy's interval ends at 0 and 1
+                     "array": [round(max(0.0, min(1.0, by_x[x]["ci"][1]) - a), 4) for x, a in zip(xs, acc)],
+                     "arrayminus": [round(max(0.0, a - max(0.0, by_x[x]["ci"][0])), 4) for x, a in zip(xs, acc)]},
             hovertemplate=f"{name}<br>{hover_x}: accuracy %{{y:.3f}}<extra></extra>"))
     if chance is not None:
         fig.add_hline(y=chance, line={"dash": "dash", "color": "#888"},
-                      annotation_text="chance", annotation_position="bottom right")
-    xaxis = {"title": x_title, "type": "log" if log_x else "linear"}
+                      annotation_text="chance", annotation_position="top right")
+    xaxis = {"title": wrap(x_title), "type": "log" if log_x else "linear"}
     if tickvals is not None:
         xaxis["tickvals"] = tickvals
-    fig.update_layout(template=TEMPLATE, title=title, height=360, xaxis=xaxis,
-                      yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
+    return finish(fig, title, 420, xaxis=xaxis, yaxis={"title": "answer accuracy", "range": [-0.02, 1.05]})
 
 
 def surprise_trace_figure(traces: dict[str, dict], tokens: dict, index: int = 0, threshold: float | None = None,
                           layout: TokenLayout | None = None, title: str | None = None,
-                          max_labels: int = 96) -> go.Figure:
+                          max_labels: int = 48) -> go.Figure:
     """Surprise and write strength token by token, one panel per sequence. Introduced in chapter 4.
 
     traces: ``{name: trace}`` from ``model(tokens, return_trace=True)`` of a
@@ -415,7 +518,8 @@ def surprise_trace_figure(traces: dict[str, dict], tokens: dict, index: int = 0,
     layout = layout or TokenLayout()
     if set(traces) != set(tokens):
         raise ValueError(f"traces and tokens must have the same names, got {sorted(traces)} and {sorted(tokens)}")
-    fig = make_subplots(rows=len(traces), cols=1, vertical_spacing=0.16, subplot_titles=list(traces))
+    height = 300 * len(traces) + 120
+    fig, _, gap = panels(len(traces), list(traces), height, max_cols=1)
     for row, (name, tr) in enumerate(traces.items(), start=1):
         if not 0 <= index < tokens[name].shape[0]:
             raise ValueError(f"index must be in [0, {tokens[name].shape[0]}), got {index}")
@@ -440,49 +544,56 @@ def surprise_trace_figure(traces: dict[str, dict], tokens: dict, index: int = 0,
             fig.add_hline(y=threshold, line={"dash": "dash", "color": "#888", "width": 1}, row=row, col=1)
         tickvals, ticktext = _cell_ticks(toks, layout, max_labels)
         fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=-90,
-                         tickfont={"size": 8}, row=row, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=300 * len(traces) + 80,
-                      legend={"orientation": "h", "y": -0.2}, margin={"l": 50, "r": 20, "t": 70, "b": 80})
-    return fig
+                         tickfont={"size": 9}, row=row, col=1)
+    return finish(fig, title, height, gap=gap, margin={"l": 50, "r": 20})
 
 
 def surprise_scatter_figure(points: dict[str, dict], title: str | None = None) -> go.Figure:
     """Write strength against surprise, one point per token. Introduced in chapter 4.
 
-    points: ``{name: {"surprise": [...], "write": [...], "role": [...]}}`` (one panel per name;
-    ``role`` a label per token, e.g. "needle" or "filler", one colour each).
+    points: ``{name: {"surprise": [...], "write": [...], "role": [...]}}`` (one panel per name, at
+    most two side by side; ``role`` a label per token, e.g. "needle" or "filler", one colour each).
     """
-    fig = make_subplots(rows=1, cols=len(points), subplot_titles=list(points), shared_yaxes=True)
+    import math
+
+    height = 150 + 270 * math.ceil(len(points) / MAX_COLS)
+    fig, cells, gap = panels(len(points), list(points), height, shared_yaxes=True)
     roles = sorted({r for p in points.values() for r in p["role"]})
-    for col, (name, p) in enumerate(points.items(), start=1):
+    for (name, p), (row, col) in zip(points.items(), cells):
         if not len(p["surprise"]) == len(p["write"]) == len(p["role"]):
             raise ValueError(f"{name}: surprise, write and role must have the same length")
         for i, role in enumerate(roles):
             sel = [j for j, r in enumerate(p["role"]) if r == role]
             fig.add_trace(go.Scatter(x=_r([p["surprise"][j] for j in sel]), y=_r([p["write"][j] for j in sel]),
-                                     mode="markers", name=role, legendgroup=role, showlegend=col == 1,
+                                     mode="markers", name=role, legendgroup=role, showlegend=(row, col) == (1, 1),
                                      marker={"color": PALETTE[i % len(PALETTE)], "size": 5, "opacity": 0.6},
                                      hovertemplate=f"{role}<br>surprise %{{x:.3f}}<br>write %{{y:.3f}}<extra></extra>"),
-                          row=1, col=col)
-        fig.update_xaxes(title_text="surprise", row=1, col=col)
-    fig.update_yaxes(title_text="write strength", range=[-0.05, 1.05], row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.25})
-    return fig
+                          row=row, col=col)
+        fig.update_xaxes(title_text="surprise", row=row, col=col)
+        fig.update_yaxes(range=[-0.05, 1.05], row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text="write strength", row=row, col=col)
+    return finish(fig, title, height, gap=gap)
 
 
 def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dict | None = None,
-                            title: str = "Surprise threshold") -> go.Figure:
+                            title: str = "Surprise threshold", active=None) -> go.Figure:
     """A slider over surprise thresholds that works in a static page. Introduced in chapter 4.
 
     surprise: ``{name: [surprise per token]}`` for one sequence per panel (drawn on every step);
     gates: ``{threshold: {name: [write strength per token]}}``; summary: ``{threshold: text}``
-    shown in the title at that step (e.g. the accuracy measured with that threshold).
+    shown in the title at that step (e.g. the accuracy measured with that threshold); active: the
+    threshold shown first (default the first), the one the text discusses.
     """
     if not gates:
         raise ValueError("gates must hold at least one threshold")
     names = list(surprise)
     thresholds = list(gates)
-    fig = make_subplots(rows=len(names), cols=1, vertical_spacing=0.14, subplot_titles=names)
+    if active is not None and active not in thresholds:
+        raise ValueError(f"active must be one of {thresholds}, got {active!r}")
+    shown = thresholds.index(active) if active is not None else 0
+    height = 280 * len(names) + 230
+    fig, _, gap = panels(len(names), names, height, max_cols=1)
     for row, name in enumerate(names, start=1):
         fig.add_trace(go.Scatter(y=_r(surprise[name]), name="surprise", mode="lines", legendgroup="surprise",
                                  showlegend=row == 1, line={"color": PALETTE[1], "width": 1.5}), row=row, col=1)
@@ -490,7 +601,7 @@ def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dic
     for j, thr in enumerate(thresholds):
         for row, name in enumerate(names, start=1):
             fig.add_trace(go.Scatter(y=_r(gates[thr][name]), name="write strength", mode="lines",
-                                     legendgroup="write", showlegend=row == 1, visible=j == 0,
+                                     legendgroup="write", showlegend=row == 1, visible=j == shown,
                                      line={"color": PALETTE[0], "width": 1.5}), row=row, col=1)
     steps = []
     for j, thr in enumerate(thresholds):
@@ -498,14 +609,13 @@ def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dic
         shapes = [{"type": "line", "x0": 0, "x1": 1, "xref": f"x{'' if r == 1 else r} domain",
                    "yref": f"y{'' if r == 1 else r}", "y0": thr, "y1": thr,
                    "line": {"dash": "dash", "color": "#888", "width": 1}} for r in range(1, len(names) + 1)]
-        text = f"{title}: threshold {thr}" + (f" | {summary[thr]}" if summary and thr in summary else "")
+        text = f"{title}: threshold {thr}" + (f"<br>{summary[thr]}" if summary and thr in summary else "")
         steps.append({"method": "update", "label": str(thr),
-                      "args": [{"visible": visible}, {"shapes": shapes, "title.text": text}]})
-    fig.update_layout(template=TEMPLATE, height=300 * len(names) + 140, title=steps[0]["args"][1]["title.text"],
-                      shapes=steps[0]["args"][1]["shapes"],
-                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "threshold: "},
-                                "pad": {"t": 40}}],
-                      legend={"orientation": "h", "y": 1.08}, margin={"l": 50, "r": 20, "t": 90, "b": 40})
+                      "args": [{"visible": visible}, {"shapes": shapes, "title.text": wrap(text)}]})
+    finish(fig, steps[shown]["args"][1]["title.text"], height, gap=gap, shapes=steps[shown]["args"][1]["shapes"],
+           title_lines=max(_lines(s["args"][1]["title.text"]) for s in steps),
+           sliders=[{"active": shown, "steps": steps, "currentvalue": {"prefix": "threshold: "}, "pad": {"t": 40}}],
+           margin={"l": 50, "r": 20})
     fig.update_yaxes(range=[-0.05, 1.05])
     fig.update_xaxes(title_text="token position", row=len(names), col=1)
     return fig
@@ -515,34 +625,36 @@ def threshold_slider_figure(surprise: dict[str, list], gates: dict, summary: dic
 
 
 def recall_by_age_figure(curves: dict, parameter: str = "retention",
-                         title: str = "Which pairs a memory still holds") -> go.Figure:
+                         title: str = "Which pairs a memory still holds", active=None) -> go.Figure:
     """A slider over a parameter (chapter 5: the retention ``a``), one step per value; on each
     step, recall against age (how many pairs were written after it) for every memory. Works in a
     static page with no kernel. curves: ``{value: {memory name: by_age list}}`` (by_age as
-    returned by :func:`memorylib.recall.store_and_recall`). Introduced in chapter 5."""
+    returned by :func:`memorylib.recall.store_and_recall`); active: the value shown first (default
+    the first), the one the text discusses. Introduced in chapter 5."""
     if not curves:
         raise ValueError(f"curves must hold at least one {parameter}")
     values = list(curves)
+    if active is not None and active not in values:
+        raise ValueError(f"active must be one of {values}, got {active!r}")
+    shown = values.index(active) if active is not None else 0
     names = list(curves[values[0]])
     fig = go.Figure()
     for j, value in enumerate(values):
         for i, name in enumerate(names):
             by_age = curves[value][name]
             fig.add_trace(go.Scatter(x=list(range(len(by_age))), y=_r(by_age, 3), name=name, mode="lines",
-                                     line={"color": PALETTE[i % len(PALETTE)]}, visible=j == 0,
+                                     line={"color": PALETTE[i % len(PALETTE)]}, visible=j == shown,
                                      legendgroup=name, showlegend=True,
                                      hovertemplate=f"{name}, {parameter} {value}<br>written %{{x}} pairs "
                                                    "before the end: recall %{y:.2f}<extra></extra>"))
     steps = [{"method": "update", "label": str(value),
               "args": [{"visible": [k // len(names) == j for k in range(len(values) * len(names))]}]}
              for j, value in enumerate(values)]
-    fig.update_layout(template=TEMPLATE, title=title, height=430,
-                      sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": f"{parameter}: "},
-                                "pad": {"t": 50}}],
-                      xaxis_title="age: pairs written after this one",
-                      yaxis={"title": "recall (nearest stored value is its own)", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": 1.12})
-    return fig
+    return finish(fig, title, 480,
+                  sliders=[{"active": shown, "steps": steps, "currentvalue": {"prefix": f"{parameter}: "},
+                            "pad": {"t": 50}}],
+                  xaxis_title="age: pairs written after this one",
+                  yaxis={"title": "recall (nearest stored<br>value is its own)", "range": [-0.02, 1.05]})
 
 
 # --- chunked parallelism (chapter 6) ------------------------------------------------------------
@@ -589,10 +701,9 @@ def scaling_figure(xs: list, series: dict[str, list], y_title: str, x_title: str
                                  text=["", label], textposition="top right", showlegend=False,
                                  line={"dash": "dot", "color": "#555", "width": 1.5}, hoverinfo="skip"))
     tickvals, ticktext = _length_ticks(xs)
-    fig.update_layout(template=TEMPLATE, title=title, height=400, hovermode="closest",
-                      xaxis={"title": x_title, "type": "log", "tickvals": tickvals, "ticktext": ticktext},
-                      yaxis={"title": y_title, "type": "log", "dtick": 1}, legend={"orientation": "h", "y": -0.22})
-    return fig
+    return finish(fig, title, 440, hovermode="closest",
+                  xaxis={"title": wrap(x_title), "type": "log", "tickvals": tickvals, "ticktext": ticktext},
+                  yaxis={"title": wrap(y_title, 30), "type": "log", "dtick": 1})
 
 
 def _error_points(errors: dict, cap: float, mark_at: float | None = None):
@@ -620,42 +731,45 @@ def drift_figure(errors: dict[str, dict], threshold: float | None = 1.0, cap: fl
     errors: ``{panel: {learning rate: {chunk size: relative error}}}`` (from
     ``memorylib.chunk_study.minibatch_drift``; ``inf`` or above ``cap`` percent is drawn as a cross
     at ``cap``, "diverged"); threshold: a dashed line at that many percent; notes: ``{panel:
-    text}`` added under a panel's title."""
+    text}`` added under a panel's title. At most two panels side by side."""
+    import math
+
     if not errors:
         raise ValueError("errors must hold at least one panel")
-    panels = list(errors)
-    titles = [p + (f"<br><sup>{notes[p]}</sup>" if notes and p in notes else "") for p in panels]
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=0.04)
+    names = list(errors)
+    width = TITLE_CHARS // min(len(names), MAX_COLS) - 4          # as panels() wraps panel titles
+    titles = [wrap(p, width) + ("".join(f"<br><sup>{line}</sup>" for line in wrap(notes[p], width).split("<br>"))
+                                if notes and p in notes else "") for p in names]
+    height = 170 + 280 * math.ceil(len(names) / MAX_COLS)
+    fig, cells, gap = panels(len(names), titles, height, shared_yaxes="all")
     rates = sorted({lr for by_lr in errors.values() for lr in by_lr})
     colour = {lr: PALETTE[i % len(PALETTE)] for i, lr in enumerate(rates)}
-    for col, panel in enumerate(panels, start=1):
+    for panel, (row, col) in zip(names, cells):
         for lr, by_chunk in sorted(errors[panel].items()):
             # crosses of different rates stacked above the cap, so none hides another
             xs, ys, dx, dy = _error_points(by_chunk, cap, cap * 1.3 ** rates.index(lr))
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"lr {lr}", legendgroup=str(lr),
-                                     showlegend=col == 1, line={"color": colour[lr]},
+                                     showlegend=panel == names[0], line={"color": colour[lr]},
                                      hovertemplate=f"{panel}, lr {lr}<br>chunk %{{x}}: %{{y:.3g}} %<extra></extra>"),
-                          row=1, col=col)
+                          row=row, col=col)
             if dx:
                 fig.add_trace(go.Scatter(x=dx, y=dy, mode="markers", name="diverged", legendgroup="diverged",
                                          showlegend=False, marker={"symbol": "x", "size": 10, "color": colour[lr]},
                                          hovertemplate=f"{panel}, lr {lr}<br>chunk %{{x}}: diverged<extra></extra>"),
-                              row=1, col=col)
+                              row=row, col=col)
         if threshold is not None:
             fig.add_trace(go.Scatter(x=[1, max(max(b) for b in errors[panel].values()) if errors[panel] else 2],
                                      y=[threshold, threshold], mode="lines", showlegend=False, hoverinfo="skip",
-                                     line={"dash": "dash", "color": "#888", "width": 1}), row=1, col=col)
+                                     line={"dash": "dash", "color": "#888", "width": 1}), row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text="relative error of<br>the reads (%)", row=row, col=col)
     if any(t.name == "diverged" for t in fig.data):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="diverged",
                                  marker={"symbol": "x", "size": 10, "color": "#555"}))
     chunks = sorted({c for by_lr in errors.values() for by_c in by_lr.values() for c in by_c})
     fig.update_xaxes(type="log", tickvals=chunks, title_text="chunk size")
     fig.update_yaxes(type="log", dtick=1)
-    fig.update_yaxes(title_text="relative error of the reads (%)", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=420, hovermode="closest",
-                      legend={"orientation": "h", "y": -0.25}, margin={"t": 110})
-    return fig
+    return finish(fig, title, height, gap=gap, hovermode="closest")
 
 
 def _decade_ticks(lo: float, hi: float) -> list:
@@ -695,16 +809,22 @@ def _tradeoff_traces(table: dict, chunk: int, profile: tuple | None, cap: float)
     return out, table[chunk]
 
 
-def _tradeoff_layout(fig, title: str, table: dict, cap: float, lowest: float):
+def _tradeoff_panels():
+    """The two panels of the chunk-size trade-off, one above the other: (figure, title gap)."""
+    fig, _, gap = panels(2, _TRADEOFF_PANELS, _TRADEOFF_HEIGHT, max_cols=1)
+    return fig, gap
+
+
+def _tradeoff_layout(fig, title: str, table: dict, cap: float, lowest: float, gap: int, **layout):
     import math
 
     us = [table[c]["us_per_token"] for c in table]
     fig.update_xaxes(type="log", title_text="time per token (µs)", tickvals=_decade_ticks(min(us) / 1.5, max(us) * 1.5),
                      row=1, col=1)
-    fig.update_xaxes(title_text="token position (start of a 16-token window)", row=1, col=2)
-    fig.update_yaxes(type="log", range=[math.log10(lowest), math.log10(cap) + 0.2], dtick=1)
-    fig.update_yaxes(title_text="relative error of the reads (%)", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=440, margin={"t": 90})
+    fig.update_xaxes(title_text=wrap("token position (start of a 16-token window)"), row=2, col=1)
+    fig.update_yaxes(type="log", range=[math.log10(lowest), math.log10(cap) + 0.2], dtick=1,
+                     title_text="relative error of<br>the reads (%)")
+    finish(fig, title, _TRADEOFF_HEIGHT, gap=gap, legend=False, **layout)
 
 
 def _tradeoff_title(chunk: int, row: dict, baseline_us: float | None) -> str:
@@ -718,6 +838,7 @@ def _tradeoff_title(chunk: int, row: dict, baseline_us: float | None) -> str:
 
 
 _TRADEOFF_PANELS = ("speed against drift, every chunk size", "drift along the stream")
+_TRADEOFF_HEIGHT = 760
 
 
 def chunk_tradeoff_figure(table: dict, chunk: int, profile: tuple | None = None, baseline_us: float | None = None,
@@ -732,12 +853,11 @@ def chunk_tradeoff_figure(table: dict, chunk: int, profile: tuple | None = None,
     (diverged); ``lowest`` is the bottom of the error axis, in percent."""
     if chunk not in table:
         raise ValueError(f"chunk {chunk} is not in the table's chunk sizes {sorted(table)}")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.1,
-                        subplot_titles=_TRADEOFF_PANELS)
+    fig, gap = _tradeoff_panels()
     traces, row = _tradeoff_traces(table, chunk, profile, cap)
-    for trace, col in traces:
-        fig.add_trace(trace, row=1, col=col)
-    _tradeoff_layout(fig, _tradeoff_title(chunk, row, baseline_us), table, cap, lowest)
+    for trace, panel in traces:
+        fig.add_trace(trace, row=panel, col=1)
+    _tradeoff_layout(fig, _tradeoff_title(chunk, row, baseline_us), table, cap, lowest, gap)
     return fig
 
 
@@ -757,23 +877,24 @@ def chunk_slider_figure(table: dict, profiles: dict, baseline_us: float | None =
     active = sizes[0] if active is None else active
     if active not in profiles:
         raise ValueError(f"active must be one of {sizes}, got {active!r}")
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.1,
-                        subplot_titles=_TRADEOFF_PANELS)
+    fig, gap = _tradeoff_panels()
     titles = []
     for j, c in enumerate(sizes):
         traces, row = _tradeoff_traces(table, c, profiles[c], cap)
         if j == 0:
             fig.add_trace(traces[0][0], row=1, col=1)                 # the grey curve, on every step
-        for trace, col in traces[1:]:
+        for trace, panel in traces[1:]:
             trace.visible = c == active
-            fig.add_trace(trace, row=1, col=col)
-        titles.append(_tradeoff_title(c, row, baseline_us))
+            fig.add_trace(trace, row=panel, col=1)
+        titles.append(wrap(_tradeoff_title(c, row, baseline_us)))
     steps = [{"method": "update", "label": str(c),
-              "args": [{"visible": [True] + [k // 2 == j for k in range(2 * len(sizes))]}, {"title.text": titles[j]}]}
+              "args": [{"visible": [True] + [k // 2 == j for k in range(2 * len(sizes))]},
+                       {"title.text": titles[j]}]}
              for j, c in enumerate(sizes)]
-    _tradeoff_layout(fig, titles[sizes.index(active)], table, cap, lowest)
-    fig.update_layout(height=500, sliders=[{"active": sizes.index(active), "steps": steps, "pad": {"t": 60},
-                                            "currentvalue": {"prefix": "chunk size: "}}])
+    _tradeoff_layout(fig, titles[sizes.index(active)], table, cap, lowest, gap,
+                     title_lines=max(_lines(t) for t in titles),
+                     sliders=[{"active": sizes.index(active), "steps": steps, "pad": {"t": 60},
+                               "currentvalue": {"prefix": "chunk size: "}}])
     return fig
 
 
@@ -788,40 +909,41 @@ def sidecar_recall_figure(num_pairs: list, curves: dict, active=None,
 
     num_pairs: the x values; curves: ``{K: {panel: {variant: [accuracy per num_pairs]}}}`` (from
     :func:`memorylib.recall.store_and_recall_with_sidecar`). Introduced in chapter 7."""
+    import math
+
     if not curves:
         raise ValueError("curves must hold at least one capacity")
     capacities = list(curves)
-    panels = list(curves[capacities[0]])
-    variants = list(curves[capacities[0]][panels[0]])
+    names = list(curves[capacities[0]])
+    variants = list(curves[capacities[0]][names[0]])
     for K in capacities:
-        for panel in panels:
+        for panel in names:
             for variant in variants:
                 if len(curves[K][panel][variant]) != len(num_pairs):
                     raise ValueError(f"curve {K}/{panel}/{variant} has {len(curves[K][panel][variant])} values "
                                      f"for {len(num_pairs)} numbers of pairs")
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, shared_yaxes=True)
-    per_step = len(panels) * len(variants)
+    height = 230 + 300 * math.ceil(len(names) / MAX_COLS)
+    fig, cells, gap = panels(len(names), names, height, shared_yaxes="all")
+    per_step = len(names) * len(variants)
     active_index = capacities.index(active) if active in capacities else 0
     for j, K in enumerate(capacities):
-        for p, panel in enumerate(panels):
+        for p, panel in enumerate(names):
             for i, variant in enumerate(variants):
                 fig.add_trace(go.Scatter(
                     x=list(num_pairs), y=_r(curves[K][panel][variant], 3), name=variant, mode="lines+markers",
                     line={"color": PALETTE[i % len(PALETTE)], "dash": "dot" if "bound" in variant else "solid"},
                     legendgroup=variant, showlegend=p == 0, visible=j == active_index,
                     hovertemplate=f"{panel}, {variant}, K={K}<br>%{{x}} pairs: recall %{{y:.3f}}<extra></extra>"),
-                    row=1, col=p + 1)
+                    row=cells[p][0], col=cells[p][1])
     steps = [{"method": "update", "label": str(K),
               "args": [{"visible": [k // per_step == j for k in range(len(capacities) * per_step)]}]}
              for j, K in enumerate(capacities)]
     fig.update_xaxes(type="log", tickvals=list(num_pairs), title="pairs stored")
     fig.update_yaxes(range=[-0.02, 1.05])
-    fig.update_yaxes(title="recall", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=450,
-                      sliders=[{"active": active_index, "steps": steps,
-                                "currentvalue": {"prefix": "sidecar capacity K: "}, "pad": {"t": 60}}],
-                      legend={"orientation": "h", "y": 1.16})
-    return fig
+    fig.update_yaxes(title="recall", col=1)
+    return finish(fig, title, height, gap=gap,
+                  sliders=[{"active": active_index, "steps": steps,
+                            "currentvalue": {"prefix": "sidecar capacity K: "}, "pad": {"t": 60}}])
 
 
 # --- putting it together (chapter 8) ------------------------------------------------------------
@@ -848,22 +970,28 @@ def capstone_figure(table: dict, models: list, tasks: list, labels: dict | None 
         hover.append(row_h)
     fig = go.Figure(go.Heatmap(z=z, x=[labels.get(t, t) for t in tasks], y=list(models), text=text,
                                texttemplate="%{text}", customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-                               zmin=0, zmax=1, colorscale="Blues", colorbar={"title": "accuracy"}))
-    fig.update_layout(template=TEMPLATE, title=title, height=120 + 34 * len(models),
-                      yaxis={"autorange": "reversed"}, xaxis={"side": "top"}, margin={"t": 110})
-    return fig
+                               zmin=0, zmax=1, colorscale="Blues", showscale=False))   # each cell prints its number
+    header = [wrap(labels.get(t, t), 10) for t in tasks]
+    return finish(fig, title, 170 + 34 * len(models), legend=False, gap=16 + 14 * max(map(_lines, header)),
+                  yaxis={"autorange": "reversed"},
+                  xaxis={"side": "top", "tickvals": [labels.get(t, t) for t in tasks],
+                         "ticktext": header, "tickangle": 0, "tickfont": {"size": 11}})
 
 
 def forgetting_figure(results: dict, title: str = "Tasks one after another: learning and forgetting") -> go.Figure:
     """One panel per model: held-out accuracy on every task (one line each) against training
     updates, with the phases (which task is being trained) shaded. results: ``{model:
     forgetting_curves(...) result}``. Introduced in chapter 8."""
+    import math
+
     if not results:
         raise ValueError("results must hold at least one model")
     models = list(results)
-    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, shared_yaxes=True)
+    height = 170 + 270 * math.ceil(len(models) / MAX_COLS)
+    fig, cells, gap = panels(len(models), models, height, shared_yaxes="all")
     phases = results[models[0]]["phases"]
     for c, m in enumerate(models):
+        row, col = cells[c]
         r = results[m]
         steps = r["step"]
         per_phase = max(steps) / len(phases)
@@ -871,16 +999,15 @@ def forgetting_figure(results: dict, title: str = "Tasks one after another: lear
             fig.add_trace(go.Scatter(x=steps, y=_r(r["accuracy"][task], 3), name=task, mode="lines",
                                      line={"color": PALETTE[i % len(PALETTE)]}, legendgroup=task, showlegend=c == 0,
                                      hovertemplate=f"{m}: {task}<br>after %{{x}} updates: %{{y:.3f}}<extra></extra>"),
-                          row=1, col=c + 1)
+                          row=row, col=col)
         # every other phase shaded (after the traces: plotly skips empty panels)
         for p in range(1, len(phases), 2):
             fig.add_vrect(x0=p * per_phase, x1=(p + 1) * per_phase, fillcolor="#eee", line_width=0,
-                          layer="below", row=1, col=c + 1)
-        fig.update_xaxes(title="updates", row=1, col=c + 1)
+                          layer="below", row=row, col=col)
+        fig.update_xaxes(title="updates", nticks=4, row=row, col=col)
     fig.update_yaxes(range=[-0.02, 1.05])
-    fig.update_yaxes(title="held-out accuracy", row=1, col=1)
-    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.25})
-    return fig
+    fig.update_yaxes(title="held-out accuracy", col=1)
+    return finish(fig, title, height, gap=gap)
 
 
 def dashboard_figure(results: dict, active=None,
@@ -903,19 +1030,19 @@ def dashboard_figure(results: dict, active=None,
             fig.add_trace(go.Bar(x=tasks, y=acc, name=label, marker={"color": PALETTE[i % len(PALETTE)]},
                                  visible=j == active_index, legendgroup=label,
                                  error_y={"type": "data", "symmetric": False,
-                                          "array": [round(r["ci"][1] - a, 4) for r, a in zip(rs, acc)],
-                                          "arrayminus": [round(a - r["ci"][0], 4) for r, a in zip(rs, acc)]},
+                                          "array": [round(max(0.0, min(1.0, r["ci"][1]) - a), 4)
+                                                    for r, a in zip(rs, acc)],
+                                          "arrayminus": [round(max(0.0, a - max(0.0, r["ci"][0])), 4)
+                                                         for r, a in zip(rs, acc)]},
                                  hovertemplate=f"{label}, K={K}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
     steps = [{"method": "update", "label": str(K),
               "args": [{"visible": [k // len(labels) == j for k in range(len(capacities) * len(labels))]}]}
              for j, K in enumerate(capacities)]
-    layout = dict(template=TEMPLATE, title=title, height=420, barmode="group",
-                  yaxis={"title": "held-out accuracy", "range": [0, 1.05]}, legend={"orientation": "h", "y": 1.12})
+    layout = dict(barmode="group", yaxis={"title": "held-out accuracy", "range": [0, 1.05]})
     if len(capacities) > 1:
         layout["sliders"] = [{"active": active_index, "steps": steps,
                               "currentvalue": {"prefix": "sidecar capacity K: "}, "pad": {"t": 40}}]
-    fig.update_layout(**layout)
-    return fig
+    return finish(fig, title, 480, **layout)
 
 
 def write_by_role_figure(results: dict, title: str = "How strongly each kind of token is written") -> go.Figure:
@@ -934,11 +1061,9 @@ def write_by_role_figure(results: dict, title: str = "How strongly each kind of 
                              marker={"color": PALETTE[i % len(PALETTE)]},
                              customdata=[res[r]["n"] for r in shown],
                              hovertemplate=f"{name}<br>%{{x}}: %{{y:.3f}} (%{{customdata}} tokens)<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=title, height=420, barmode="group",
-                      xaxis={"tickvals": roles, "ticktext": [r.replace(": ", "<br>") for r in roles]},
-                      yaxis={"title": "mean write strength", "rangemode": "tozero"},
-                      legend={"orientation": "h", "y": -0.2})
-    return fig
+    return finish(fig, title, 460, barmode="group",
+                  xaxis={"tickvals": roles, "ticktext": [wrap(r.replace(": ", "<br>"), 10) for r in roles]},
+                  yaxis={"title": "mean write strength", "rangemode": "tozero"})
 
 
 def lifetime_figure(curves: dict, x_title: str = "tokens since it was cached",
@@ -956,10 +1081,8 @@ def lifetime_figure(curves: dict, x_title: str = "tokens since it was cached",
         fig.add_trace(go.Scatter(x=list(c["time"]), y=_r(c["alive"], 4), name=f"{name} (n={c['n']})", mode="lines",
                                  line={"color": PALETTE[i % len(PALETTE)], "shape": "hv"},
                                  hovertemplate=f"{name}<br>after %{{x}} tokens: %{{y:.3f}} still kept<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=title, height=380, xaxis={"title": x_title},
-                      yaxis={"title": "fraction still kept", "range": [-0.02, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
+    return finish(fig, title, 420, xaxis={"title": wrap(x_title)},
+                  yaxis={"title": "fraction still kept", "range": [-0.02, 1.05]})
 
 
 # --- the command line (memorylib plot) ---------------------------------------------------------
@@ -980,11 +1103,11 @@ def run_figure(metrics: dict):
     chances = [r["chance"] for r in evals.values() if r.get("chance") is not None]
     if chances:
         fig.add_hline(y=min(chances), line={"dash": "dash", "color": "#888"}, row=1, col=3,
-                      annotation_text="chance", annotation_position="bottom right")
+                      annotation_text="chance", annotation_position="top right")
     title = f"{label} on {metrics['task']}" if "task" in metrics else label
     if "seed" in metrics and "steps" in metrics:
         title += f", seed {metrics['seed']}, {metrics['steps']} steps"
-    fig.update_layout(template=TEMPLATE, title=title, height=380, legend={"orientation": "h", "y": -0.22})
+    finish(fig, title, 420, gap=30)
     fig.update_xaxes(title_text="step", row=1, col=1)
     fig.update_xaxes(title_text="step", row=1, col=2)
     fig.update_xaxes(title_text="distance to the evidence (tokens)", row=1, col=3)
@@ -1009,7 +1132,4 @@ def eval_figure(results: dict[str, dict], title: str | None = None):
     fig.add_trace(go.Scatter(x=labels, y=[r["chance"] for r in results.values()], mode="markers", name="chance",
                              marker={"symbol": "line-ew-open", "size": 28, "color": "#555",
                                      "line": {"width": 2}}))
-    fig.update_layout(template=TEMPLATE, title=title, height=380,
-                      yaxis={"title": "held-out answer accuracy (95% CI)", "range": [0, 1.05]},
-                      legend={"orientation": "h", "y": -0.25})
-    return fig
+    return finish(fig, title, 420, yaxis={"title": "held-out answer accuracy<br>(95% CI)", "range": [0, 1.05]})

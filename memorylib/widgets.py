@@ -10,8 +10,11 @@ book's outputs are produced by papermill, nbval and CI, or ``MEMORYLIB_HEADLESS=
 the reader's path) the first drawing is skipped. Headless executors (nbclient, behind papermill and
 nbval) emulate the Output widget's capture of displays themselves, and with ``interactive_output`` that intermittently
 deadlocks: the kernel finishes the cell and the executor waits forever (jupyter/nbclient#312,
-jupyter/nbconvert#1921; it hung this book's CI). The saved widget is then the controls over an
-empty output, which the static book could not redraw anyway.
+jupyter/nbconvert#1921; it hung this book's CI). Instead the output holds a short note (set as the
+Output widget's state, which involves no capture) and the controls are disabled, so the static book
+shows what is true there: the controls, greyed out, over a note that they run live in Jupyter and
+Colab and that the figure before them is the same experiment, precomputed. A moved control still
+redraws (tests drive the controls headless).
 """
 
 from __future__ import annotations
@@ -33,10 +36,23 @@ def _ipywidgets():
     return ipywidgets
 
 
-def live_output(draw, controls: dict):
+LIVE_NOTE = ("These controls run the experiment live in Jupyter or Colab (the launch buttons at the top of the "
+             "page). This static page cannot run it: the figure above is the same experiment, precomputed.")
+
+
+def live_note(text: str = LIVE_NOTE) -> dict:
+    """The display output a headless kernel leaves in a live explorer (:func:`live_output`)."""
+    import html
+
+    shown = f'<p class="memorylib-live-note"><em>{html.escape(text)}</em></p>'
+    return {"output_type": "display_data", "metadata": {}, "data": {"text/plain": text, "text/html": shown}}
+
+
+def live_output(draw, controls: dict, note: str = LIVE_NOTE):
     """An ``ipywidgets.Output`` that shows ``draw(**{name: control.value})`` and redraws it
     whenever a control in ``controls`` (``{name: widget}``) changes value. The first drawing is
-    made at once, except in a headless kernel (module docstring)."""
+    made at once, except in a headless kernel, where the output holds ``note`` and the controls
+    are disabled (module docstring); a moved control redraws in either case."""
     w = _ipywidgets()
     out = w.Output()
 
@@ -47,7 +63,11 @@ def live_output(draw, controls: dict):
 
     for control in controls.values():
         control.observe(redraw, names="value")
-    if not headless():
+    if headless():
+        out.outputs = (live_note(note),)
+        for control in controls.values():
+            control.disabled = True
+    else:
         redraw()
     return out
 

@@ -307,7 +307,8 @@ def test_chunk_tradeoff_figure_highlights_one_chunk_size():
     grey, red, profile = fig.data
     assert list(grey.x) == [40.0, 10.0, 4.0] and list(grey.y) == [0.4, 2.0, 1000.0]
     assert list(red.x) == [10.0] and list(profile.y) == [0.5, 2.0]
-    assert fig.layout.title.text == "chunk 16: 10 µs per token (3.0x token by token), drift 2 %"
+    # the title wraps for a phone's width (figures.wrap)
+    assert fig.layout.title.text.replace("<br>", " ") == "chunk 16: 10 µs per token (3.0x token by token), drift 2 %"
     assert "diverged" in chunk_tradeoff_figure(trade_table(), 64).layout.title.text
     with pytest.raises(ValueError, match="not in the table"):
         chunk_tradeoff_figure(trade_table(), 8)

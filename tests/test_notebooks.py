@@ -85,3 +85,34 @@ def test_the_publishing_workflow_builds_with_the_readme_commands_and_runs_ci():
     assert any(u.startswith("actions/deploy-pages") for u in uses)
     upload = next(s for s in flow["jobs"]["publish"]["steps"] if s.get("uses", "").startswith("actions/upload"))
     assert upload["with"]["path"] == "_build/html"
+    # CI keeps the browser test's screenshots of every figure (tests/test_browser.py)
+    kept = [s for s in flow["jobs"]["ci"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert kept and kept[0]["with"]["path"] == "_build/screenshots" and kept[0]["if"] == "always()"
+
+
+# Chapters 7 and 8 are to be rewritten on new records; their code is held to the width then.
+WIDTH_PENDING = {"07_the_sidecar.ipynb", "08_putting_it_together.ipynb"}
+
+
+@pytest.mark.parametrize("path", [p for p in CHAPTERS if p.name not in WIDTH_PENDING], ids=lambda p: p.name)
+def test_code_cells_fit_the_books_width(path):
+    """The book's code blocks hold 88 columns at a desktop width (book/assets/book.css) and wrap
+    on a narrower screen; a longer line would wrap on every screen."""
+    nb = nbformat.read(path, as_version=4)
+    long = [(i, line) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for line in cell.source.splitlines() if len(line) > 88]
+    assert not long, f"{len(long)} code lines over 88 columns, e.g. cell {long[0][0]}: {long[0][1]!r}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_claims_cells_are_folded_in_the_book(path):
+    """A chapter's Claims cells (the ones that assert what the prose states) show in the book as a
+    toggle, with their output ("all claims hold") visible."""
+    nb = nbformat.read(path, as_version=4)
+    cells = nb.cells
+    start = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("## Claims"))
+    end = next((i for i in range(start + 1, len(cells)) if cells[i].cell_type == "markdown"), len(cells))
+    claims = [c for c in cells[start + 1:end] if c.cell_type == "code"]
+    assert claims, "no code cell under ## Claims"
+    for cell in claims:
+        assert "hide-input" in cell.metadata.get("tags", []), f"Claims cell not folded: {cell.source[:60]!r}"

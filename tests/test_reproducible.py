@@ -117,3 +117,15 @@ def test_headless_kernels_skip_the_first_widget_drawing(monkeypatch):
     monkeypatch.setenv("MEMORYLIB_HEADLESS", "0")
     monkeypatch.setenv("MEMORYLIB_BOOK", "1")
     assert book.headless()
+
+
+def test_setup_shows_one_short_line_and_is_still_a_dict():
+    from memorylib import book
+
+    settings = book.Settings(seed=0, threads=1, torch="2.13.0", book_mode=True, colab=False,
+                             renderer="plotly_mimetype+memorylib_book")
+    assert repr(settings) == "memorylib ready: seed 0, 1 thread, torch 2.13.0, figures for the book"
+    assert "\n" not in repr(settings) and len(repr(settings)) <= 88
+    assert settings["threads"] == 1 and isinstance(settings, dict)
+    two = book.Settings(settings, threads=2, book_mode=False, colab=True)
+    assert repr(two) == "memorylib ready: seed 0, 2 threads, torch 2.13.0, Colab"

@@ -426,10 +426,16 @@ def test_live_output_draws_on_change_and_first_only_outside_book_mode(monkeypatc
     calls = []
     slider = w.IntSlider(value=1)
     monkeypatch.setenv("MEMORYLIB_BOOK", "1")             # producing the book: no first drawing
-    live_output(lambda x: calls.append(x), {"x": slider})
+    out = live_output(lambda x: calls.append(x), {"x": slider})
     assert calls == []
+    # ... but a note where the drawing would be (never an empty box), over disabled controls
+    (note,) = out.outputs
+    assert "live in Jupyter or Colab" in note["data"]["text/plain"] and "<p" in note["data"]["text/html"]
+    assert slider.disabled
     slider.value = 3                                     # a moved control always redraws
     assert calls == [3]
     monkeypatch.setenv("MEMORYLIB_BOOK", "0")             # Jupyter / Colab: drawn at once
-    live_output(lambda x: calls.append(x), {"x": slider})
-    assert calls == [3, 3]
+    monkeypatch.delenv("MEMORYLIB_HEADLESS", raising=False)
+    other = w.IntSlider(value=3)
+    live_output(lambda x: calls.append(x), {"x": other})
+    assert calls == [3, 3] and not other.disabled

@@ -156,29 +156,6 @@ def sidecar_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out
 
 
-def _everything_fits(q, k, v, surprise, capacity, bias):
-    """One call whose every token fits the cache (``capacity >= T``, no state): nothing is ever
-    evicted, so query ``t`` reads every token before it, and no ranking is needed (training a
-    learned keep score holds the whole sequence: :class:`memorylib.models.full.FullMemoryModel`).
-    Equal to the general form (tested) up to rounding, in O(T^2) instead of O((K + T)^2). Taken
-    only with a read bias (the learned keep score, which is new): without one, the general form's
-    float32 bits are those every committed record of chapters 7 and 8 was made with."""
-    check_qkv(q, k, v, layout="(batch, seq_len, dim)")
-    B, T, Dk = k.shape
-    check_tensor("surprise", surprise, (B, T))
-    check_int("capacity", capacity, 1)
-    keys = torch.cat([k.new_zeros(B, 1, Dk), k], 1)
-    values = torch.cat([v.new_zeros(B, 1, v.shape[-1]), v], 1)
-    before = torch.ones(T, T + 1, dtype=torch.bool, device=k.device).tril()       # the empty slot, then j < t
-    if bias is None:
-        mask = before
-    else:
-        check_tensor("bias", bias, (B, T))
-        full = torch.cat([bias.new_zeros(B, 1), bias], 1)[:, None, :]
-        mask = torch.where(before, full, full.new_full((), float("-inf")))[:, None]
-    return F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None], attn_mask=mask)[:, 0]
-
-
 def sidecar_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, surprise: torch.Tensor, capacity: int,
                       state: SidecarState | None = None,
                       return_state: bool = False, bias: torch.Tensor | None = None):
@@ -189,8 +166,6 @@ def sidecar_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, surpris
     while it is cached (a learned log-weight: chapter 7's learned keep score reads its cache
     through ``log sigmoid(score)``, so that the score gets a gradient); the state carries it."""
     keep_state = return_state or state is not None
-    if bias is not None and not keep_state and capacity >= k.shape[1]:
-        return _everything_fits(q, k, v, surprise, capacity, bias)
     prep = _prepare(q, k, v, surprise, capacity, state, bias)
     state, keys, values, s_all, p_all, filled, b = prep[:7]
     out = F.scaled_dot_product_attention(q[:, None], keys[:, None], values[:, None],

@@ -72,10 +72,10 @@ def test_a_learned_keep_score_ranks_the_cache_and_is_trained_by_its_reads_and_it
         for t in (4, 17, 29):
             best = sorted(range(t), key=lambda j: (-sig["keep"][b, j].item(), j))[:3]
             assert sorted(weights[b, t].nonzero().flatten().tolist()) == sorted(best)
-    m.train()                                            # training: every earlier token is held, softly
+    m.train()                                            # trained under the same top 3
     m.zero_grad()
     out = m(x)
-    assert m._capacity(h) == 30 and float(m.auxiliary_loss().detach()) > float(m._aux.detach())
+    assert float(m.auxiliary_loss().detach()) > float(m._aux.detach())
     (out.pow(2).mean() + m.auxiliary_loss()).backward()
     assert m.keep.weight.grad.abs().sum() > 0
     cost = m.keep_weight * torch.sigmoid(m.keep(m.features(x))).mean()

@@ -80,9 +80,9 @@ class FullMemoryModel(LearnedMemoryModel):
       by its own head; the cache keeps the highest scores and reads an entry through
       ``log sigmoid(s_t)`` added to its attention logit, so the score is trained by the answers
       that read it, against a cost of ``keep_weight`` times the mean ``sigmoid(s_t)`` (keep few).
-      While training, the sidecar holds every earlier token (the score gets a gradient from every
-      token, whether it would be kept or not); at evaluation and when streaming, the top
-      ``sidecar`` scores (chapter 7).
+      It is trained under the cache it is evaluated with: a kept token that misleads a read is
+      pushed down, and with it every token like it, which lets the ones that matter rise into
+      the cache (chapter 7).
 
     The memory read (normalized) and the sidecar read are added to ``h`` through their own
     projections, then an MLP and the output head. ``threshold``, ``temperature`` and ``sidecar``
@@ -155,13 +155,6 @@ class FullMemoryModel(LearnedMemoryModel):
         """The learned keep score's read bias ``log sigmoid(s_t)``; None for the other ranks."""
         return F.logsigmoid(sig["keep"]) if self.sidecar_rank == "learned" else None
 
-    def _capacity(self, h: torch.Tensor) -> int:
-        """The sidecar's capacity for one call on features ``h``: ``sidecar``, except while training
-        a learned keep score, when every earlier token is held (class docstring)."""
-        if self.sidecar_rank == "learned" and self.training:
-            return max(self.sidecar, h.shape[1])
-        return self.sidecar
-
     def _run(self, h, sig, memory_state=None, sidecar_state=None, streaming=False, offset: int = 0) -> "FullRun":
         """From features ``h`` and surprise signals to the read-out's activations: the gated memory
         and the sidecar read and fused. The states are carried only when ``streaming``; ``offset``
@@ -176,7 +169,7 @@ class FullMemoryModel(LearnedMemoryModel):
                 side, sidecar_state = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self.sidecar,
                                                         state=sidecar_state, return_state=True, bias=bias)
             else:
-                side = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self._capacity(h), bias=bias)
+                side = sidecar_attention(q, k, v, self._rank_scores(sig, x, offset), self.sidecar, bias=bias)
             extra = self.side_out(side)
         y = self.fuse_memory(h, reads, extra)
         return FullRun(y, x, reads, side, memory_state, sidecar_state)
@@ -195,7 +188,7 @@ class FullMemoryModel(LearnedMemoryModel):
             if self.sidecar > 0:
                 with torch.no_grad():
                     weights, empty = sidecar_weights(*self._side_inputs(h), self._rank_scores(sig, x),
-                                                     self._capacity(h), bias=self._read_bias(sig))
+                                                     self.sidecar, bias=self._read_bias(sig))
                 read = 1 - empty                                      # how much came from cached tokens
                 top = weights.max(-1)
                 source = torch.where(top.values > empty, top.indices, -1).to(h.dtype)
@@ -279,7 +272,7 @@ class FullMemoryModel(LearnedMemoryModel):
             extra = None
             if self.sidecar > 0:
                 side = sidecar_attention(qs[:, p:p + 1].expand(-1, T, -1), ks, vs, self._rank_scores(sig, x),
-                                         self._capacity(h), bias=self._read_bias(sig))
+                                         self.sidecar, bias=self._read_bias(sig))
                 extra = self.side_out(side)
             out.append(self.logits_from(self.fuse_memory(query_features[:, p:p + 1], reads, extra)))
         return torch.stack(out, dim=2)

@@ -134,7 +134,7 @@ def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path,
                     seed=seed, net=model, train_config={**recipe, "lr": lr, "tasks": [list(t) for t in TRAIN_TASKS]})
     row = {"model": label, "seed": seed, "lr": lr, "history": fit["history"], "validation": validation,
            "validation_mean": round(sum(validation) / len(validation), 4), "held_out": held_out,
-           "train_seconds": round(seconds, 1), "checkpoint": str(path.relative_to(ROOT))}
+           "train_seconds": round(seconds, 1), "checkpoint": path.name}
     add(out, "train_rows", row, seconds, command)
     print(f"{label} seed {seed} lr {lr:g}: validation {validation}, held out {held_out} ({seconds:.0f} s)", flush=True)
 

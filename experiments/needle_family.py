@@ -91,8 +91,12 @@ def read_record(out: pathlib.Path) -> dict:
         return {"training": {"tasks": [list(t) for t in TRAIN_TASKS], **RECIPE, "lr_grid": LR_GRID},
                 "models": {k: list(v) for k, v in MODELS.items()}, "trials": TRIALS, "piece": PIECE,
                 "train_rows": [], "cells": [], "seconds": 0.0}
-    record = json.loads(out.read_text())
-    if record.get("training", {}).get("tasks") != [list(t) for t in TRAIN_TASKS]:
+    try:
+        record = json.loads(out.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"cannot resume from {out}: it is not a readable JSON record ({type(err).__name__}); "
+                         "move it away to start over") from None
+    if not isinstance(record, dict) or record.get("training", {}).get("tasks") != [list(t) for t in TRAIN_TASKS]:
         raise ValueError(f"{out} holds runs of another training recipe; move it away to start over")
     return record
 

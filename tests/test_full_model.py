@@ -57,6 +57,12 @@ def test_sidecar_ranked_by_recency_keeps_the_latest_tokens():
                            random._rank_scores({"surprise": torch.zeros(1, 8)}, {}, 8))
 
 
+def test_a_keep_cost_without_a_learned_keep_score_is_refused():
+    with pytest.raises(ValueError, match="keep_weight is the cost of a learned keep score.*sidecar_rank='surprise'"):
+        model(keep_weight=0.1)
+    assert model(sidecar_rank="learned", keep_weight=0.0).keep_weight == 0.0
+
+
 def test_a_learned_keep_score_ranks_the_cache_and_is_trained_by_its_reads_and_its_cost():
     from memorylib.sidecar import sidecar_weights
 

@@ -79,7 +79,8 @@ class FullMemoryModel(LearnedMemoryModel):
       over heads): the ablations of chapter 8. ``"learned"``: a keep score ``s_t`` read off ``h_t``
       by its own head; the cache keeps the highest scores and reads an entry through
       ``log sigmoid(s_t)`` added to its attention logit, so the score is trained by the answers
-      that read it, against a cost of ``keep_weight`` times the mean ``sigmoid(s_t)`` (keep few).
+      that read it, against a cost of ``keep_weight`` (default 0.05; given only with this rank)
+      times the mean ``sigmoid(s_t)`` (keep few).
       It is trained under the cache it is evaluated with: a kept token that misleads a read is
       pushed down, and with it every token like it, which lets the ones that matter rise into
       the cache (chapter 7).
@@ -99,7 +100,7 @@ class FullMemoryModel(LearnedMemoryModel):
 
     def __init__(self, *, sidecar: int = 16, surprise: bool = True, threshold: float = 0.5,
                  temperature: float = 0.1, aux_weight: float = 0.1, sidecar_dim: int = 32,
-                 sidecar_rank: str = "surprise", keep_weight: float = 0.05, **kwargs):
+                 sidecar_rank: str = "surprise", keep_weight: float | None = None, **kwargs):
         super().__init__(**kwargs)
         self.sidecar = check_int("sidecar", sidecar, 0)
         self.sidecar_rank = check_choice("sidecar_rank", sidecar_rank, SIDECAR_RANKS)
@@ -110,7 +111,10 @@ class FullMemoryModel(LearnedMemoryModel):
         self.side_qkv = nn.Linear(d_model, 3 * sidecar_dim)
         self.side_scale = nn.Parameter(torch.tensor(2.0))         # log of the query scale: e^2 ~ 7.4
         self.side_out = nn.Linear(sidecar_dim, d_model)
-        self.keep_weight = check_number("keep_weight", keep_weight, 0)
+        if keep_weight is not None and self.sidecar_rank != "learned":
+            raise ValueError(f"keep_weight is the cost of a learned keep score (sidecar_rank='learned'); "
+                             f"got keep_weight={keep_weight} with sidecar_rank={sidecar_rank!r}")
+        self.keep_weight = check_number("keep_weight", 0.05 if keep_weight is None else keep_weight, 0)
         self._keep_cost = None
         if self.sidecar_rank == "learned":              # made last: the other weights start as full_memory's
             self.keep = nn.Linear(d_model, 1)

@@ -318,3 +318,45 @@ def state_bytes(model) -> dict:
 def num_parameters(model) -> int:
     """The number of trained parameters (every element of every parameter)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def frontier_points(points: list[dict], cell: str) -> dict:
+    """The recall–state frontier at one cell (e.g. ``"multi_key N=8, random"``) from the rows of a
+    frontier record (``experiments/frontier.py``: each with ``family``, ``size``, ``seed``,
+    ``state_bytes`` and ``cells[cell]["accuracy"]``): ``{family: [point, ...]}`` with the points of
+    each family in order of state, each ``{"size", "state_bytes", "seeds", "mean", "low", "high"}``
+    (``low``/``high``: the lowest and highest seed). A size measured at different state sizes
+    (which would mean mixed records) is an error. Introduced in chapter 7."""
+    grouped: dict = {}
+    for row in points:
+        if cell not in row["cells"]:
+            raise ValueError(f"the frontier row {row['model']!r} (seed {row['seed']}) has no cell {cell!r}; "
+                             f"its cells: {sorted(row['cells'])}")
+        entry = grouped.setdefault(row["family"], {}).setdefault(row["size"], {"state": set(), "acc": {}})
+        entry["state"].add(int(row["state_bytes"]))
+        entry["acc"][row["seed"]] = float(row["cells"][cell]["accuracy"])
+    out = {}
+    for family, sizes in grouped.items():
+        curve = []
+        for size, entry in sizes.items():
+            if len(entry["state"]) != 1:
+                raise ValueError(f"{family}, size {size}: rows of different state sizes {sorted(entry['state'])}")
+            acc = [entry["acc"][s] for s in sorted(entry["acc"])]
+            curve.append({"size": size, "state_bytes": entry["state"].pop(), "seeds": sorted(entry["acc"]),
+                          "mean": _round(sum(acc) / len(acc)), "low": _round(min(acc)), "high": _round(max(acc))})
+        out[family] = sorted(curve, key=lambda p: p["state_bytes"])
+    return out
+
+
+def frontier_curves(record: dict) -> tuple[dict, dict]:
+    """Every cell of a frontier record: ``(curves, floors)`` with ``curves[N][haystack]`` as
+    :func:`frontier_points` gives it and ``floors[N][haystack]`` the keyless floor's accuracy on the
+    same sequences. Introduced in chapter 7."""
+    spec = record["eval"]
+    curves, floors = {}, {}
+    for n in spec["needles"]:
+        for haystack in spec["haystacks"]:
+            cell = f"multi_key N={n}, {haystack}"
+            curves.setdefault(n, {})[haystack] = frontier_points(record["points"], cell)
+            floors.setdefault(n, {})[haystack] = float(record["floors"][cell]["accuracy"])
+    return curves, floors

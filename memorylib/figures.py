@@ -1133,3 +1133,69 @@ def eval_figure(results: dict[str, dict], title: str | None = None):
                              marker={"symbol": "line-ew-open", "size": 28, "color": "#555",
                                      "line": {"width": 2}}))
     return finish(fig, title, 420, yaxis={"title": "held-out answer accuracy<br>(95% CI)", "range": [0, 1.05]})
+
+
+def frontier_figure(curves: dict, floors: dict, active=None, reference: str | None = "full attention",
+                    title: str = "How much recall a byte of state buys") -> go.Figure:
+    """The recall–state frontier: a slider over the number of needles ``N``; on each step, one
+    panel per haystack with accuracy against bytes of state (log axis), each memory family a line
+    through its sizes (markers at the mean over training seeds, bars from the lowest to the highest
+    seed), the ``reference`` family (full attention, whose key-value cache grows with the stream)
+    as a lone point with a dashed line at its state, and the keyless floor as a dotted line.
+
+    curves, floors: from :func:`memorylib.analysis.frontier_curves`. Introduced in chapter 7."""
+    if not curves:
+        raise ValueError("curves must hold at least one number of needles")
+    needles = list(curves)
+    haystacks = list(curves[needles[0]])
+    families = list(dict.fromkeys(f for n in needles for h in haystacks for f in curves[n][h]))
+    xs = [p["state_bytes"] for n in needles for h in haystacks for f in curves[n][h] for p in curves[n][h][f]]
+    lo, hi = min(xs), max(xs)
+    height = 560
+    fig, cells, gap = panels(len(haystacks), [f"{h} haystack" for h in haystacks], height, shared_yaxes="all")
+    owner = []                                           # the slider step of every trace
+    active_index = needles.index(active) if active in needles else len(needles) - 1
+    for j, n in enumerate(needles):
+        for p, haystack in enumerate(haystacks):
+            row, col = cells[p]
+            for i, family in enumerate(families):
+                pts = curves[n][haystack].get(family, [])
+                if not pts:
+                    continue
+                colour = "#333" if family == reference else PALETTE[i % len(PALETTE)]
+                fig.add_trace(go.Scatter(
+                    x=[q["state_bytes"] for q in pts], y=[q["mean"] for q in pts], name=family,
+                    mode="markers" if family == reference else "lines+markers",
+                    marker={"color": colour, "symbol": "star" if family == reference else "circle",
+                            "size": 12 if family == reference else 8},
+                    line={"color": colour},
+                    error_y={"type": "data", "symmetric": False, "color": colour, "thickness": 1,
+                             "array": [round(q["high"] - q["mean"], 4) for q in pts],
+                             "arrayminus": [round(q["mean"] - q["low"], 4) for q in pts]},
+                    customdata=[[q["size"] if q["size"] is not None else "", len(q["seeds"]), q["low"], q["high"]]
+                                for q in pts],
+                    legendgroup=family, showlegend=p == 0, visible=j == active_index,
+                    hovertemplate=(f"{family} %{{customdata[0]}}<br>%{{x:,}} bytes: %{{y:.3f}} "
+                                   "(%{customdata[1]} seeds, %{customdata[2]:.3f}–%{customdata[3]:.3f})"
+                                   "<extra></extra>")), row=row, col=col)
+                owner.append(j)
+            fig.add_trace(go.Scatter(
+                x=[lo / 1.5, hi * 1.5], y=[floors[n][haystack]] * 2, mode="lines", name="keyless floor",
+                line={"color": "#888", "dash": "dot"}, legendgroup="floor", showlegend=p == 0,
+                visible=j == active_index, hovertemplate=f"keyless floor {floors[n][haystack]:.3f}<extra></extra>"),
+                row=row, col=col)
+            owner.append(j)
+    steps = [{"method": "update", "label": str(n), "args": [{"visible": [k == j for k in owner]}]}
+             for j, n in enumerate(needles)]
+    fig.update_xaxes(type="log", title="bytes of state", range=[_log10(lo / 1.5), _log10(hi * 1.5)])
+    fig.update_yaxes(range=[-0.02, 1.05])
+    fig.update_yaxes(title="accuracy", col=1)
+    return finish(fig, title, height, gap=gap,
+                  sliders=[{"active": active_index, "steps": steps,
+                            "currentvalue": {"prefix": "needles in the stream, one asked: "}, "pad": {"t": 60}}])
+
+
+def _log10(x: float) -> float:
+    import math
+
+    return round(math.log10(x), 4)

@@ -173,3 +173,61 @@ def test_the_cache_check_sees_what_the_sidecar_holds():
     assert cached_needles(State, gen).tolist() == [True, True]
     Side.position = Side.position + 1
     assert cached_needles(State, gen).tolist() == [False, False]
+
+
+# --- the recall–state frontier (experiments/frontier.py's record) ------------------------------------------
+
+def _frontier_row(family, size, seed, state, acc_random, acc_markov=0.5):
+    cells = {f"multi_key N={n}, {h}": {"accuracy": a, "ci": [0.0, 1.0]}
+             for n in (2, 8) for h, a in (("random", acc_random), ("markov", acc_markov))}
+    return {"model": f"{family} {size}", "family": family, "size": size, "seed": seed, "state_bytes": state,
+            "cells": cells}
+
+
+def _frontier_record(rows):
+    floors = {f"multi_key N={n}, {h}": {"accuracy": round(1 / n, 4)} for n in (2, 8) for h in ("random", "markov")}
+    return {"eval": {"needles": [2, 8], "haystacks": ["random", "markov"]}, "floors": floors, "points": rows}
+
+
+def test_frontier_points_average_over_seeds_and_sort_by_state():
+    from memorylib.analysis import frontier_points
+
+    rows = [_frontier_row("slots", 64, 0, 30000, 0.9), _frontier_row("slots", 4, 0, 9000, 0.1),
+            _frontier_row("slots", 4, 1, 9000, 0.3), _frontier_row("delta", 32, 0, 12000, 0.5)]
+    out = frontier_points(rows, "multi_key N=8, random")
+    assert [p["size"] for p in out["slots"]] == [4, 64]
+    assert out["slots"][0] == {"size": 4, "state_bytes": 9000, "seeds": [0, 1], "mean": 0.2, "low": 0.1, "high": 0.3}
+    assert out["delta"][0]["seeds"] == [0]
+
+
+def test_frontier_points_refuse_a_missing_cell_and_mixed_state_sizes():
+    from memorylib.analysis import frontier_points
+
+    rows = [_frontier_row("slots", 4, 0, 9000, 0.1)]
+    with pytest.raises(ValueError, match="no cell 'multi_key N=16, random'"):
+        frontier_points(rows, "multi_key N=16, random")
+    rows.append(_frontier_row("slots", 4, 1, 9100, 0.1))
+    with pytest.raises(ValueError, match=r"different state sizes \[9000, 9100\]"):
+        frontier_points(rows, "multi_key N=2, random")
+
+
+def test_frontier_figure_has_one_slider_step_per_number_of_needles_with_the_floor():
+    from memorylib.analysis import frontier_curves
+    from memorylib.figures import frontier_figure
+
+    rows = [_frontier_row("slots", 4, 0, 9000, 0.1), _frontier_row("slots", 64, 0, 30000, 0.9),
+            _frontier_row("full attention", None, 0, 524288, 1.0)]
+    curves, floors = frontier_curves(_frontier_record(rows))
+    assert floors[8]["random"] == 0.125
+    fig = frontier_figure(curves, floors, active=8)
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["2", "8"] and fig.layout.sliders[0].active == 1
+    visible = [t.visible for t in fig.data]
+    assert visible == list(steps[1].args[0]["visible"])            # the active step is what is shown
+    shown = [t for t in fig.data if t.visible]
+    floor = [t for t in shown if t.name == "keyless floor"]
+    assert len(floor) == 2 and all(t.y == (0.125, 0.125) for t in floor)
+    slots = [t for t in shown if t.name == "slots"][0]
+    assert slots.x == (9000, 30000) and slots.y == (0.1, 0.9)
+    star = [t for t in shown if t.name == "full attention"][0]
+    assert star.mode == "markers" and star.marker.symbol == "star"

@@ -360,3 +360,41 @@ def frontier_curves(record: dict) -> tuple[dict, dict]:
             curves.setdefault(n, {})[haystack] = frontier_points(record["points"], cell)
             floors.setdefault(n, {})[haystack] = float(record["floors"][cell]["accuracy"])
     return curves, floors
+
+
+def family_summary(cells: list[dict]) -> dict:
+    """The needle family's table from the cell rows of ``experiments/needle_family.py`` (each with
+    ``model``, ``seed``, ``cell`` = ``"<variant and sizes>, <haystack>, <length>"`` and the fields of
+    :func:`memorylib.needles.stream_family`): ``{length: {haystack: {variant: {model: entry}}}}``, each
+    entry ``{"seeds", "mean", "low", "high", "intervals", "floor", "other_needle_rate",
+    "stale_rate", "value_cached", "streams"}``: the mean accuracy over training seeds, the lowest and
+    highest seed, each seed's 95 % interval over streams, the keyless floor (the same streams for
+    every seed), and the means over seeds of the error rates (None where not measured). A cell
+    measured twice for one seed is an error. Introduced in chapter 7."""
+    grouped: dict = {}
+    for row in cells:
+        variant, haystack, length = row["cell"].rsplit(", ", 2)
+        entry = (grouped.setdefault(int(length), {}).setdefault(haystack, {}).setdefault(variant, {})
+                 .setdefault(row["model"], {}))
+        if row["seed"] in entry:
+            raise ValueError(f"{row['model']!r} seed {row['seed']}: cell {row['cell']!r} is in the record twice")
+        entry[row["seed"]] = row
+
+    def mean(rows, key):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return _round(sum(values) / len(values)) if values else None
+
+    out: dict = {}
+    for length, by_haystack in sorted(grouped.items()):
+        for haystack, by_variant in by_haystack.items():
+            for variant, by_model in by_variant.items():
+                for model, by_seed in by_model.items():
+                    rows = [by_seed[s] for s in sorted(by_seed)]
+                    acc = [r["accuracy"] for r in rows]
+                    out.setdefault(length, {}).setdefault(haystack, {}).setdefault(variant, {})[model] = {
+                        "seeds": sorted(by_seed), "mean": _round(sum(acc) / len(acc)), "low": _round(min(acc)),
+                        "high": _round(max(acc)), "intervals": [list(r["ci"]) for r in rows],
+                        "floor": rows[0]["floor"]["accuracy"], "other_needle_rate": mean(rows, "other_needle_rate"),
+                        "stale_rate": mean(rows, "stale_rate"), "value_cached": mean(rows, "value_cached"),
+                        "streams": rows[0]["trials"]}
+    return out

@@ -1199,3 +1199,65 @@ def _log10(x: float) -> float:
     import math
 
     return round(math.log10(x), 4)
+
+
+def family_figure(summary: dict, models: list, active=None, labels: dict | None = None,
+                  title: str = "The needle family: keyed recall in a long stream") -> go.Figure:
+    """A slider over the stream's length; on each step, one panel per haystack with a group of bars
+    per variant of the needle family: each model's accuracy (the mean over training seeds; the bar
+    spans the lowest to the highest seed) and the keyless floor on the same streams (a grey tick).
+
+    summary: :func:`memorylib.analysis.family_summary`; models: the models to show, in order (a
+    model not measured at a cell is left out of it); labels: ``{variant: shown name}``.
+    Introduced in chapter 7."""
+    if not summary:
+        raise ValueError("summary must hold at least one length")
+    lengths = list(summary)
+    haystacks = list(dict.fromkeys(h for n in lengths for h in summary[n]))
+    labels = labels or {}
+    height = 620
+    fig, cells, gap = panels(len(haystacks), [f"{h} haystack" for h in haystacks], height, shared_yaxes="all")
+    owner, orders = [], []
+    active_index = lengths.index(active) if active in lengths else 0
+    for j, n in enumerate(lengths):
+        order = list(dict.fromkeys(v for h in haystacks for v in summary[n].get(h, {})))
+        orders.append([labels.get(v, v) for v in order])
+        for p, haystack in enumerate(haystacks):
+            row, col = cells[p]
+            by_variant = summary[n].get(haystack, {})
+            for i, model in enumerate(models):
+                shown = [v for v in order if model in by_variant.get(v, {})]
+                if not shown:
+                    continue
+                e = [by_variant[v][model] for v in shown]
+                fig.add_trace(go.Bar(
+                    x=[labels.get(v, v) for v in shown], y=[x["mean"] for x in e], name=model, offsetgroup=str(i),
+                    marker_color=PALETTE[i % len(PALETTE)], legendgroup=model, showlegend=p == 0,
+                    visible=j == active_index,
+                    error_y={"type": "data", "symmetric": False, "thickness": 1, "color": "#333",
+                             "array": [round(x["high"] - x["mean"], 4) for x in e],
+                             "arrayminus": [round(x["mean"] - x["low"], 4) for x in e]},
+                    customdata=[[len(x["seeds"]), x["low"], x["high"], x["streams"]] for x in e],
+                    hovertemplate=(f"{model}<br>%{{x}}: %{{y:.3f}} (%{{customdata[0]}} seeds, "
+                                   "%{customdata[1]:.3f}–%{customdata[2]:.3f}; %{customdata[3]} streams each)"
+                                   "<extra></extra>")), row=row, col=col)
+                owner.append(j)
+            measured = [v for v in order if by_variant.get(v)]
+            fig.add_trace(go.Scatter(
+                x=[labels.get(v, v) for v in measured],
+                y=[next(iter(by_variant[v].values()))["floor"] for v in measured], mode="markers",
+                name="keyless floor", marker={"symbol": "line-ew-open", "size": 34, "color": "#555",
+                                              "line": {"width": 2, "color": "#555"}},
+                legendgroup="floor", showlegend=p == 0, visible=j == active_index,
+                hovertemplate="keyless floor %{y:.3f}<extra></extra>"), row=row, col=col)
+            owner.append(j)
+    axes = {f"xaxis{'' if k == 0 else k + 1}.categoryarray" for k in range(len(haystacks))}
+    steps = [{"method": "update", "label": f"{n:,}",
+              "args": [{"visible": [k == j for k in owner]}, {a: orders[j] for a in sorted(axes)}]}
+             for j, n in enumerate(lengths)]
+    fig.update_xaxes(categoryorder="array", categoryarray=orders[active_index], tickangle=-40)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title="accuracy", col=1)
+    return finish(fig, title, height, gap=gap, barmode="group",
+                  sliders=[{"active": active_index, "steps": steps,
+                            "currentvalue": {"prefix": "tokens in the stream: "}, "pad": {"t": 90}}])

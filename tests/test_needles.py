@@ -231,3 +231,47 @@ def test_frontier_figure_has_one_slider_step_per_number_of_needles_with_the_floo
     assert slots.x == (9000, 30000) and slots.y == (0.1, 0.9)
     star = [t for t in shown if t.name == "full attention"][0]
     assert star.mode == "markers" and star.marker.symbol == "star"
+
+
+# --- the needle family's table (experiments/needle_family.py's record) -------------------------------------
+
+def _family_cell(model, seed, cell, acc, floor=0.125, cached=None):
+    return {"model": model, "seed": seed, "cell": cell, "accuracy": acc,
+            "ci": [round(acc - 0.05, 4), round(acc + 0.05, 4)],
+            "floor": {"accuracy": floor}, "other_needle_rate": 1 - acc, "stale_rate": None, "value_cached": cached,
+            "trials": 200}
+
+
+def test_family_summary_groups_by_length_haystack_variant_and_model():
+    from memorylib.analysis import family_summary
+
+    rows = [_family_cell("keep", 0, "multi_key N=8, random, 16384", 0.9, cached=1.0),
+            _family_cell("keep", 1, "multi_key N=8, random, 16384", 0.7, cached=0.5),
+            _family_cell("keep", 0, "multi_key N=8, random, 262144", 0.8),
+            _family_cell("none", 0, "single, markov, 16384", 0.2, floor=1.0)]
+    s = family_summary(rows)
+    assert list(s) == [16384, 262144]
+    e = s[16384]["random"]["multi_key N=8"]["keep"]
+    assert (e["seeds"], e["mean"], e["low"], e["high"]) == ([0, 1], 0.8, 0.7, 0.9)
+    assert e["intervals"] == [[0.85, 0.95], [0.65, 0.75]] and e["value_cached"] == 0.75 and e["floor"] == 0.125
+    assert e["other_needle_rate"] == 0.2 and e["stale_rate"] is None and e["streams"] == 200
+    assert s[16384]["markov"]["single"]["none"]["floor"] == 1.0
+    with pytest.raises(ValueError, match="in the record twice"):
+        family_summary(rows + [rows[0]])
+
+
+def test_family_figure_switches_the_variants_shown_with_the_length():
+    from memorylib.analysis import family_summary
+    from memorylib.figures import family_figure
+
+    rows = [_family_cell(m, 0, f"{v}, {h}, 16384", 0.5) for m in ("keep", "none") for v in ("single", "multi_key N=8")
+            for h in ("random", "markov")]
+    rows += [_family_cell("keep", 0, f"multi_key N=8, {h}, 262144", 0.4) for h in ("random", "markov")]
+    fig = family_figure(family_summary(rows), ["keep", "none"], active=262144, labels={"single": "one needle"})
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["16,384", "262,144"] and fig.layout.sliders[0].active == 1
+    assert steps[0].args[1]["xaxis.categoryarray"] == ["one needle", "multi_key N=8"]
+    assert steps[1].args[1]["xaxis2.categoryarray"] == ["multi_key N=8"]
+    shown = [t for t in fig.data if t.visible]
+    assert sorted(t.name for t in shown) == ["keep", "keep", "keyless floor", "keyless floor"]
+    assert all(t.x == ("multi_key N=8",) for t in shown)

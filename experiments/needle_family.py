@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from memorylib.checkpoint import load_model, save_checkpoint  # noqa: E402
 from memorylib.files import atomic_write_text, locked  # noqa: E402
-from memorylib.needles import stream_family  # noqa: E402
+from memorylib.needles import CONTROLS, stream_family  # noqa: E402
 from memorylib.registry import build_model, build_task  # noqa: E402
 from memorylib.tasks import TaskMixture  # noqa: E402
 from memorylib.training import evaluate, train  # noqa: E402
@@ -58,6 +58,7 @@ MODELS = {                                   # label: (registry name, keyword ar
     "no sidecar": ("no_sidecar", {}),
 }
 TRIALS, PIECE, BATCH = 200, 256, 50
+HAYSTACKS = ("markov", "random")
 MAIN = "learned keep"                        # the mechanism chapter 7 builds: every cell
 GOAL = 0.90                                  # the issue's goal: 8-key recall at 256K tokens, constant state
 # (variant, keyword arguments, lengths, who): each cell runs on both haystacks at every length it
@@ -75,17 +76,23 @@ CELLS = [
     ("update", {"num_needles": 4}, (16384,), "all"),
 ]
 LONGEST = 262144
-HAYSTACKS = ("markov", "random")
+# leakage controls (memorylib.needles.CONTROLS: the first asked needle removed, or carrying a value no
+# needle has): the main model, seed 0, every variant at 16K on both haystacks and the 8-key needle at
+# 256K on the random haystack; a causal model scores at chance (1/64) or below on the first question
+CONTROL_CELLS = [(variant, kwargs, 16384, HAYSTACKS) for variant, kwargs, _, who in CELLS if who == "all"]
+CONTROL_CELLS += [("multi_key", {"num_needles": 8}, LONGEST, ("random",))]
+CONTROL_SEED = 0
 
 
 def training_task():
     return TaskMixture([build_task(name, **kw) for name, kw in TRAIN_TASKS])
 
 
-def cell_key(variant: str, kwargs: dict, haystack: str, length: int) -> str:
-    """One cell's name in the record: ``multi_key N=8, random, 16384``."""
+def cell_key(variant: str, kwargs: dict, haystack: str, length: int, control: str | None = None) -> str:
+    """One cell's name in the record: ``multi_key N=8, random, 16384`` (with a leakage control:
+    ``multi_key N=8 control=removed, random, 16384``)."""
     short = {"num_needles": "N", "num_queries": "Q", "num_distractors": "D"}
-    args = " ".join(f"{short[k]}={v}" for k, v in kwargs.items())
+    args = " ".join([f"{short[k]}={v}" for k, v in kwargs.items()] + ([f"control={control}"] if control else []))
     return f"{variant}{' ' + args if args else ''}, {haystack}, {length}"
 
 
@@ -151,10 +158,10 @@ def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path,
 
 
 def evaluate_cell(model, label: str, seed: int, lr: float, variant: str, kwargs: dict, lengths: tuple,
-                  length: int, haystack: str, command: str) -> None:
+                  length: int, haystack: str, command: str, control: str | None = None) -> None:
     """Stream one cell through one trained model and add it to the record (skipped if it is there,
     or if it is an ablation's longest stream and the budget rule above says not to run it)."""
-    key = cell_key(variant, kwargs, haystack, length)
+    key = cell_key(variant, kwargs, haystack, length, control)
     done = read_record(OUT)["cells"]
     if any(c["model"] == label and c["seed"] == seed and c["cell"] == key for c in done):
         return
@@ -166,10 +173,11 @@ def evaluate_cell(model, label: str, seed: int, lr: float, variant: str, kwargs:
                   f"< {GOAL})", flush=True)
             return
     r = stream_family(model, variant, length, TRIALS, haystack=haystack, piece=PIECE, batch_size=BATCH, seed=0,
-                      **kwargs)
+                      control=control, **kwargs)
     add(OUT, "cells", {"model": label, "seed": seed, "lr": lr, "cell": key, **r}, r["seconds"], command)
-    print(f"{label} seed {seed} {key}: {r['accuracy']} {r['ci']} floor {r['floor']['accuracy']} other "
-          f"{r['other_needle_rate']} cached {r['value_cached']} ({r['seconds']} s)", flush=True)
+    print(f"{label} seed {seed} {key}: {r['accuracy']} {r['ci']} (first question {r['first_accuracy']}) floor "
+          f"{r['floor']['accuracy']} other {r['other_needle_rate']} cached {r['value_cached']} stored value "
+          f"{r['stored_value_rate']} ({r['seconds']} s)", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -227,6 +235,13 @@ def main(argv: list[str]) -> int:
                         for haystack in HAYSTACKS:
                             evaluate_cell(models[label, seed], label, seed, lr, variant, kwargs, lengths, length,
                                           haystack, command)
+                    if label != MAIN or seed != CONTROL_SEED:
+                        continue
+                    for variant, kwargs, at, haystacks in CONTROL_CELLS[:1] if args.quick else CONTROL_CELLS:
+                        for haystack in haystacks if at == length else ():
+                            for control in CONTROLS:
+                                evaluate_cell(models[label, seed], label, seed, lr, variant, kwargs, (at,), at,
+                                              haystack, command, control)
     return 0
 
 

@@ -370,9 +370,12 @@ def family_summary(cells: list[dict]) -> dict:
     "stale_rate", "value_cached", "streams"}``: the mean accuracy over training seeds, the lowest and
     highest seed, each seed's 95 % interval over streams, the keyless floor (the same streams for
     every seed), and the means over seeds of the error rates (None where not measured). A cell
-    measured twice for one seed is an error. Introduced in chapter 7."""
+    measured twice for one seed is an error. Rows of a leakage control (``control`` set) are left
+    out: they are read against chance, not against the floor. Introduced in chapter 7."""
     grouped: dict = {}
     for row in cells:
+        if row.get("control"):
+            continue
         variant, haystack, length = row["cell"].rsplit(", ", 2)
         entry = (grouped.setdefault(int(length), {}).setdefault(haystack, {}).setdefault(variant, {})
                  .setdefault(row["model"], {}))

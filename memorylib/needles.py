@@ -56,6 +56,7 @@ from .tasks import (
 
 VARIANTS = ("single", "multi_key", "multi_query", "multi_value", "update")
 HAYSTACKS = ("random", "markov")
+CONTROLS = ("removed", "shuffled")     # leakage controls: the first asked needle gone, or carrying another value
 BLOCK = 4096            # tokens generated at once, each block from its own seed
 
 
@@ -70,13 +71,19 @@ class NeedleFamilyStream:
     the needles not asked, per stream), ``keyless`` (the keyless floor's answer to every question),
     all ``(batch_size, num_questions)`` tensors except ``others`` (a list of sets), and ``depth``
     ``(batch_size,)`` of the first asked needle.
+
+    ``control`` (a leakage control, the same stream otherwise): ``"removed"`` leaves the first asked
+    needle's cell to the haystack; ``"shuffled"`` gives it a value that no needle of the stream
+    carries (``stored_value``). The targets stay, so the first answer appears nowhere before the
+    first question.
     """
 
     def __init__(self, variant: str, seq_len: int, batch_size: int, *, num_needles: int = 1,
                  num_queries: int = 1, num_distractors: int = 0, seed: int = 0, depths=None,
                  haystack: str = "markov", min_distance: int = DEFAULT_MIN_DISTANCE,
-                 layout: TokenLayout | None = None):
+                 layout: TokenLayout | None = None, control: str | None = None):
         self.variant = check_choice("variant", variant, VARIANTS)
+        self.control = None if control is None else check_choice("control", control, CONTROLS)
         self.haystack = check_choice("haystack", haystack, HAYSTACKS)
         self.layout = lay = layout if layout is not None else TokenLayout()
         self.seq_len = check_int("seq_len", seq_len, CELL, MAX_STREAM_LEN)
@@ -106,7 +113,12 @@ class NeedleFamilyStream:
                              f"min_distance={min_distance}")
         g = make_generator(seed)
         keys = torch.rand(B, lay.num_keys, generator=g).argsort(1)[:, :stated] + lay.key_start
-        values = torch.rand(B, lay.num_values, generator=g).argsort(1)[:, :stated] + lay.value_start
+        perm = torch.rand(B, lay.num_values, generator=g).argsort(1)
+        values = perm[:, :stated] + lay.value_start
+        if control == "shuffled" and stated >= lay.num_values:
+            raise ValueError(f"the shuffled control needs a value no needle carries; {stated} needles use all "
+                             f"{lay.num_values}")
+        spare = perm[:, stated % lay.num_values] + lay.value_start           # a value no needle carries
         if variant == "multi_value":                                  # needle j * N + i: key j's i-th value
             keys = keys[:, :1 + D].repeat_interleave(N, dim=1)
         if variant == "update":                                      # needle i and N + i: key i, then again
@@ -141,6 +153,15 @@ class NeedleFamilyStream:
         self._block_seed = int(torch.randint(0, 2 ** 62, (1,), generator=g))
         self._last_block = None                                      # (index, tokens) for the Markov chain
         self.keyless = self._keyless()
+        # what the stream shows: under a control, the first asked needle is gone, or carries the spare value
+        first = asked[:, :1]
+        self.shown = torch.ones(B, stated, dtype=torch.bool)
+        self.shown_values = values.clone()
+        if control == "removed":
+            self.shown.scatter_(1, first, False)
+        elif control == "shuffled":
+            self.shown_values.scatter_(1, first, spare[:, None])
+        self.stored_value = self.shown_values.gather(1, first).squeeze(1) if control == "shuffled" else None
 
     def _cells(self, stated: int, top: int, g: torch.Generator, asked: int, want: int | None) -> torch.Tensor:
         """The cells of one stream's ``stated`` needles, distinct, in ``[0, top]``: a key of
@@ -235,12 +256,14 @@ class NeedleFamilyStream:
             block = self._block(index)
             a, b = max(lo, index * BLOCK), min(hi, (index + 1) * BLOCK)
             tokens[:, a - lo:b - lo] = block[:, a - index * BLOCK:b - index * BLOCK]
-        marks = [(self.cells, lay.SET, self.keys, self.values),
-                 (self.query_cells.expand(B, -1), lay.ASK, self.asked_keys, self.targets)]
-        for cells, marker, first, second in marks:
+        marks = [(self.cells, lay.SET, self.keys, self.shown_values, self.shown),
+                 (self.query_cells.expand(B, -1), lay.ASK, self.asked_keys, self.targets, None)]
+        for cells, marker, first, second, shown in marks:
             for offset, tok in enumerate((torch.full_like(first, marker), first, second)):
                 p = cells * CELL + offset - lo
                 inside = (p >= 0) & (p < hi - lo)
+                if shown is not None:
+                    inside &= shown
                 rows, cols = inside.nonzero(as_tuple=True)
                 tokens[rows, p[rows, cols]] = tok[rows, cols]
         return tokens
@@ -262,7 +285,7 @@ def cached_needles(state, gen: NeedleFamilyStream) -> np.ndarray | None:
 def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles: int = 1, num_queries: int = 1,
                   num_distractors: int = 0, haystack: str = "markov", num_depths: int = 10, piece: int = 256,
                   batch_size: int = 50, seed: int = 0, min_distance: int = DEFAULT_MIN_DISTANCE,
-                  progress: bool = False, digits: int = 4) -> dict:
+                  control: str | None = None, progress: bool = False, digits: int = 4) -> dict:
     """One variant of the needle family at ``seq_len`` tokens over ``trials`` streams, fed in pieces
     of ``piece`` tokens through ``model.stream`` with its carried state; the questions at the end
     are read in one last piece. Trial ``i`` puts its (first) asked needle at depth
@@ -274,7 +297,14 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
     value; None otherwise), ``floor`` (the keyless floor's accuracy on the same streams, with its
     interval), ``chance`` (1/64), ``state_bytes`` per stream, ``value_cached`` (for a model with a
     sidecar: the share of streams whose first asked needle's value token is in the sidecar when the
-    first question is asked, :func:`cached_needles`; None without a sidecar) and ``seconds``."""
+    first question is asked, :func:`cached_needles`; None without a sidecar or with the needle
+    removed) and ``seconds``.
+
+    ``control`` runs a leakage control on the same streams (:class:`NeedleFamilyStream`): with the
+    first asked needle ``"removed"`` or carrying a value no needle has (``"shuffled"``), its answer
+    appears nowhere before the first question, so a causal model's ``first_accuracy`` is at chance
+    (1/64) or below; ``stored_value_rate`` (shuffled only) is the share of first answers that gave
+    the value the needle carried instead."""
     check_int("trials", trials, 1)
     check_int("num_depths", num_depths, 2)
     check_int("piece", piece, 1)
@@ -283,7 +313,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
         raise ValueError(f"{type(model).__name__} has no stream method; streaming needs a model of constant state")
     grid = np.linspace(0.0, 1.0, num_depths)
     depth_of = grid[np.arange(trials) % num_depths]
-    correct, other, stale, floor, depth, kept = [], [], [], [], [], []
+    correct, other, stale, floor, depth, kept, stored = [], [], [], [], [], [], []
     state_bytes = set()
     start = time.perf_counter()
     with eval_mode(model):
@@ -292,15 +322,19 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             hi_t = min(trials, lo_t + batch_size)
             gen = NeedleFamilyStream(variant, seq_len, hi_t - lo_t, num_needles=num_needles, num_queries=num_queries,
                                      num_distractors=num_distractors, seed=seed * 100003 + b_i,
-                                     depths=depth_of[lo_t:hi_t], haystack=haystack, min_distance=min_distance)
+                                     depths=depth_of[lo_t:hi_t], haystack=haystack, min_distance=min_distance,
+                                     control=control)
             q0, state = int(gen.query_positions[0]), None
             for lo in range(0, q0, piece):
                 _, state = model.stream(gen.piece(lo, min(q0, lo + piece)), state, last_only=True)
-            kept.append(cached_needles(state, gen))                 # what the first question will read
+            # what the first question will read (nothing to hold when the needle is removed)
+            kept.append(None if control == "removed" else cached_needles(state, gen))
             logits, state = model.stream(gen.piece(q0, gen.answer_end), state)
             pred = logits[:, gen.query_positions - q0].argmax(-1)                       # (B, Q)
             correct.append((pred == gen.targets).numpy())
             stale.append((pred == gen.stale).numpy())
+            if gen.stored_value is not None:
+                stored.append((pred[:, 0] == gen.stored_value).numpy())
             floor.append((gen.keyless == gen.targets).numpy())
             other.append(np.array([[int(p) in gen.others[b] for p in row] for b, row in enumerate(pred.tolist())]))
             depth.append(depth_of[lo_t:hi_t])
@@ -333,7 +367,8 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             "first_ci": head["ci"], "by_depth": by_depth, "other_needle_rate": r(other.mean()),
             "stale_rate": r(stale.mean()) if variant == "update" else None, "floor": rate(floor),
             "chance": r(1 / TokenLayout().num_values), "state_bytes": state_bytes.pop(),
-            "value_cached": None if kept is None else r(kept.mean()),
+            "value_cached": None if kept is None else r(kept.mean()), "control": control,
+            "stored_value_rate": r(np.concatenate(stored).mean()) if stored else None,
             "seconds": round(time.perf_counter() - start, 1),
             "outcomes": "".join("1" if c else "0" for c in correct[:, 0])}
 

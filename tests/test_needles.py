@@ -159,6 +159,10 @@ def test_the_cache_check_sees_what_the_sidecar_holds():
     torch.manual_seed(0)
     big = build_model("full_memory", **SMALL, sidecar=512).eval()      # holds every token of the stream
     assert stream_family(big, "multi_key", 500, 4, num_needles=2, piece=100, batch_size=4)["value_cached"] == 1.0
+    gone = stream_family(big, "multi_key", 500, 4, num_needles=2, piece=100, control="removed")
+    assert gone["value_cached"] is None and gone["control"] == "removed" and gone["stored_value_rate"] is None
+    swapped = stream_family(big, "multi_key", 500, 4, num_needles=2, piece=100, control="shuffled")
+    assert swapped["value_cached"] == 1.0 and 0 <= swapped["stored_value_rate"] <= 1
     none = build_model("no_sidecar", **SMALL).eval()
     assert stream_family(none, "multi_key", 500, 2, num_needles=2, piece=100)["value_cached"] is None
     # by hand: a cache that holds exactly the asked needle's value position
@@ -275,3 +279,33 @@ def test_family_figure_switches_the_variants_shown_with_the_length():
     shown = [t for t in fig.data if t.visible]
     assert sorted(t.name for t in shown) == ["keep", "keep", "keyless floor", "keyless floor"]
     assert all(t.x == ("multi_key N=8",) for t in shown)
+
+
+@pytest.mark.parametrize("variant,kw", [("single", {}), ("multi_key", {"num_needles": 8}),
+                                        ("multi_value", {"num_needles": 3, "num_distractors": 2}),
+                                        ("update", {"num_needles": 4}),
+                                        ("multi_query", {"num_needles": 4, "num_queries": 3})])
+@pytest.mark.parametrize("control", ["removed", "shuffled"])
+def test_a_control_hides_the_first_answer_and_changes_nothing_else(variant, kw, control):
+    from memorylib.needles import NeedleFamilyStream
+
+    args = dict(seq_len=1024, batch_size=6, seed=3, haystack="random", **kw)
+    plain, ctl = NeedleFamilyStream(variant, **args), NeedleFamilyStream(variant, control=control, **args)
+    a, b = plain.piece(0, plain.answer_end), ctl.piece(0, ctl.answer_end)
+    assert torch.equal(plain.targets, ctl.targets) and torch.equal(plain.cells, ctl.cells)
+    q0 = int(plain.query_positions[0])
+    for row in range(6):
+        before = b[row, :q0].tolist()
+        assert int(plain.targets[row, 0]) in a[row, :q0].tolist()          # the plain stream shows it
+        assert int(ctl.targets[row, 0]) not in before                     # the control never does
+    differ = (a != b).nonzero()
+    value_pos = plain.cells.gather(1, plain.asked_index[:, :1]).squeeze(1) * CELL
+    for row, col in differ.tolist():                                   # only the first asked needle's cell changed
+        assert value_pos[row] <= col < value_pos[row] + CELL
+    if control == "shuffled":
+        assert (ctl.stored_value != ctl.targets[:, 0]).all()
+        assert torch.equal(b[torch.arange(6), value_pos + 2], ctl.stored_value)
+        others = [set(plain.values[r].tolist()) for r in range(6)]
+        assert all(int(ctl.stored_value[r]) not in others[r] for r in range(6))
+    else:
+        assert ctl.stored_value is None

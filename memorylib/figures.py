@@ -1116,8 +1116,9 @@ def run_figure(metrics: dict):
     return fig
 
 
-def eval_figure(results: dict[str, dict], title: str | None = None):
-    """Held-out accuracy per task, a bar with its 95 % interval, and chance as a tick."""
+def eval_figure(results: dict[str, dict], title: str | None = None, line: str = "chance"):
+    """Held-out accuracy per task (or model), a bar with its 95 % interval, and each result's
+    ``chance`` as a tick named ``line`` (e.g. "keyless floor" when ``chance`` holds the floor)."""
     labels = list(results)
     acc = [r["accuracy"] for r in results.values()]
     fig = go.Figure()
@@ -1129,7 +1130,7 @@ def eval_figure(results: dict[str, dict], title: str | None = None):
         customdata=[[r["ci"][0], r["ci"][1], r.get("num_answers")] for r in results.values()],
         hovertemplate="%{x}<br>accuracy %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                       "<br>n=%{customdata[2]} answers<extra></extra>"))
-    fig.add_trace(go.Scatter(x=labels, y=[r["chance"] for r in results.values()], mode="markers", name="chance",
+    fig.add_trace(go.Scatter(x=labels, y=[r["chance"] for r in results.values()], mode="markers", name=line,
                              marker={"symbol": "line-ew-open", "size": 28, "color": "#555",
                                      "line": {"width": 2}}))
     return finish(fig, title, 420, yaxis={"title": "held-out answer accuracy<br>(95% CI)", "range": [0, 1.05]})
@@ -1141,7 +1142,7 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference: str | No
     panel per haystack with accuracy against bytes of state (log axis), each memory family a line
     through its sizes (markers at the mean over training seeds, bars from the lowest to the highest
     seed), the ``reference`` family (full attention, whose key-value cache grows with the stream)
-    as a lone point with a dashed line at its state, and the keyless floor as a dotted line.
+    as stars, and the keyless floor as a dotted line.
 
     curves, floors: from :func:`memorylib.analysis.frontier_curves`. Introduced in chapter 7."""
     if not curves:

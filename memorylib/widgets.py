@@ -396,3 +396,47 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
 
     out = live_output(draw, {**toggles, "K": size})
     return w.VBox([w.HBox([*toggles.values(), size]), out])
+
+
+# --- the needle family (chapter 7) -------------------------------------------------------------------------
+
+
+def needle_curve(model, num_needles: int, haystack: str, seq_len: int = 512, **eval_kwargs) -> dict:
+    """``evaluate`` on the needle family's multi-key variant (one of ``num_needles`` needles
+    asked; 1: the single needle) at ``seq_len`` tokens, with ``"floor"``: the keyless floor's
+    accuracy on the same sequences. Introduced in chapter 7."""
+    from .floors import keyless_floor
+    from .registry import build_task
+
+    task = build_task("needle_family", variant="single" if num_needles == 1 else "multi_key", seq_len=seq_len,
+                      num_needles=num_needles, filler=haystack)
+    res = evaluate(model, task, **eval_kwargs)
+    floor = keyless_floor(task, num_examples=eval_kwargs.get("num_examples", 512), seed=eval_kwargs.get("seed", 0))
+    return {**res, "floor": floor["accuracy"]}
+
+
+def needle_explorer(models: dict, needles=(1, 2, 4, 8, 16), haystacks=("random", "markov"), seq_len: int = 512,
+                    num_needles: int = 8, num_examples: int = 128, seed: int = 0):
+    """A slider over the number of needles in the stream (one asked) and a haystack toggle; every
+    model in ``models`` (``{name: trained model}``) is re-evaluated live (:func:`needle_curve`) and
+    drawn as a bar with its interval beside the keyless floor. The static book shows the same
+    question over every family and size with ``figures.frontier_figure``. Returns an
+    ``ipywidgets.VBox`` (toggle, slider, output). Introduced in chapter 7."""
+    w = _ipywidgets()
+    if not models:
+        raise ValueError("models must hold at least one trained model")
+    if num_needles not in needles:
+        raise ValueError(f"num_needles={num_needles} must be one of needles={tuple(needles)}")
+    toggle = w.ToggleButtons(options=list(haystacks), description="haystack")
+    slider = w.SelectionSlider(options=[str(n) for n in needles], value=str(num_needles), description="needles",
+                               continuous_update=False)
+
+    def draw(haystack: str, n: str):
+        res = {name: needle_curve(m, int(n), haystack, seq_len, num_examples=num_examples, seed=seed)
+               for name, m in models.items()}
+        shown = {name: {**r, "chance": r["floor"]} for name, r in res.items()}
+        figures.eval_figure(shown, title=f"{n} needle{'s' if n != '1' else ''}, one asked, {haystack} haystack, "
+                                 f"{seq_len} tokens", line="keyless floor").show()
+
+    out = live_output(draw, {"haystack": toggle, "n": slider})
+    return w.VBox([toggle, slider, out])

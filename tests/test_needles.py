@@ -309,3 +309,31 @@ def test_a_control_hides_the_first_answer_and_changes_nothing_else(variant, kw, 
         assert all(int(ctl.stored_value[r]) not in others[r] for r in range(6))
     else:
         assert ctl.stored_value is None
+
+
+def test_needle_explorer_redraws_every_model_at_the_chosen_number_of_needles(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import plotly.graph_objects as go
+
+    import memorylib.figures as figures
+    from memorylib.registry import build_model
+    from memorylib.widgets import needle_curve, needle_explorer
+
+    torch.manual_seed(0)
+    models = {"a": build_model("no_sidecar", **SMALL).eval(), "b": build_model("local_transformer", d_model=16,
+                                                                              num_heads=2).eval()}
+    drawn = []
+    monkeypatch.setattr(figures, "eval_figure",
+                        lambda shown, title="", line="": drawn.append((shown, title, line)) or go.Figure())
+    box = needle_explorer(models, needles=(1, 4), seq_len=256, num_needles=4, num_examples=8)
+    toggle, slider, _ = box.children
+    slider.value = "1"
+    shown, title, line = drawn[-1]
+    assert list(shown) == ["a", "b"] and line == "keyless floor" and title.startswith("1 needle, one asked, random")
+    assert all(r["chance"] == r["floor"] == 1.0 for r in shown.values())      # one needle: copy it
+    toggle.value = "markov"
+    shown, title, _ = drawn[-1]
+    assert "markov" in title and shown["a"]["accuracy"] == needle_curve(models["a"], 1, "markov", 256,
+                                                                        num_examples=8)["accuracy"]
+    with pytest.raises(ValueError, match="num_needles=3 must be one of"):
+        needle_explorer(models, needles=(1, 4), num_needles=3)

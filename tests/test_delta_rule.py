@@ -22,30 +22,32 @@ def inputs(B=2, H=3, T=37, Dk=8, Dv=5, seed=0, retain=True, zero_retain=False):
     return q, k, v, beta, a
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("erase", [True, False])
 @pytest.mark.parametrize("retain", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 8, 16, 37, 100])
-def test_chunked_equals_recurrence_in_float64(erase, retain, chunk_size):
+def test_chunked_equals_recurrence_in_float64(erase, retain, chunk_size, fast):
     q, k, v, beta, a = inputs(retain=retain, zero_retain=retain)
     ref, ref_state = delta_rule_reference(q, k, v, beta, a, erase=erase)
-    out, state = delta_rule(q, k, v, beta, a, chunk_size=chunk_size, erase=erase)
+    out, state = delta_rule(q, k, v, beta, a, chunk_size=chunk_size, erase=erase, fast=fast)
     assert (out - ref).abs().max() < 1e-10          # T = 37 is not a multiple of most chunk sizes
     assert (state - ref_state).abs().max() < 1e-10
     assert ref.abs().max() > 0.1                    # not trivially zero
 
 
-def test_the_check_can_fail():
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_check_can_fail(fast):
     q, k, v, beta, a = inputs()
     ref, _ = delta_rule_reference(q, k, v, beta, a)
-    out, _ = delta_rule(q, k, v, beta * 1.001, a, chunk_size=8)
+    out, _ = delta_rule(q, k, v, beta * 1.001, a, chunk_size=8, fast=fast)
     assert (out - ref).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("form", ["chunked", "reference"])
+@pytest.mark.parametrize("form", ["chunked", "fast", "reference"])
 def test_streaming_in_pieces_equals_one_call(form):
     q, k, v, beta, a = inputs(T=50)
-    call = (lambda *x, state=None: delta_rule(*x, state=state, chunk_size=8)) if form == "chunked" else \
-        (lambda *x, state=None: delta_rule_reference(*x, state=state))
+    call = (lambda *x, state=None: delta_rule(*x, state=state, chunk_size=8, fast=form == "fast")) \
+        if form != "reference" else (lambda *x, state=None: delta_rule_reference(*x, state=state))
     whole, whole_state = call(q, k, v, beta, a)
     outs, state = [], None
     for lo, hi in [(0, 3), (3, 4), (4, 21), (21, 50)]:
@@ -55,11 +57,12 @@ def test_streaming_in_pieces_equals_one_call(form):
     assert (state - whole_state).abs().max() < 1e-12
 
 
-def test_gradients_of_both_forms_agree():
+@pytest.mark.parametrize("fast", [False, True])
+def test_gradients_of_both_forms_agree(fast):
     q, k, v, beta, a = inputs(T=21)
     m0 = torch.randn(2, 3, 5, 8, dtype=DT)
     grads = []
-    for fn in (lambda *x: delta_rule(*x, chunk_size=4), delta_rule_reference):
+    for fn in (lambda *x: delta_rule(*x, chunk_size=4, fast=fast), delta_rule_reference):
         leaves = [x.clone().requires_grad_() for x in (q, k, v, beta, a, m0)]
         out, state = fn(*leaves)
         (out.pow(2).sum() + state.sin().sum()).backward()

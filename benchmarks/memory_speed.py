@@ -68,10 +68,15 @@ THREADS = 2
 # 0.1 keeps it finite; the work done is the same.
 TITANS_MAX_LR = 0.1
 
-TARGETS = {
-    "mlp_chunked_vs_loop_speedup_at_4096": 20.0,
-    "training_ours_vs_titans_tokens_per_s": 2.0,
+TARGETS = {                                      # issue 20's targets, each a ratio measured in one run
+    "mlp_chunk16_vs_loop_speedup_at_4096": 10.0,
+    "mlp_chunk64_vs_loop_speedup_at_4096": 20.0,
+    "delta_fast_vs_loop_speedup_at_4096": 20.0,
+    "delta_fast_share_of_matmul_rate_at_32768": 0.25,    # within 4x of the machine's matmul rate
+    "linear_faster_than_attention_from_seq_len": 2048,   # at most
+    "training_ours_vs_titans_tokens_per_s": 3.0,
 }
+MATMUL_SIZE = 1024          # the machine's matmul rate: one float32 (1024 x 1024) @ (1024 x 1024)
 
 FULL = {
     "loop_seq_lens": [1024, 4096, 16384],
@@ -185,14 +190,34 @@ def delta_inputs(seq_len: int, seed: int = 0) -> dict:
     }
 
 
-def delta_forward(x: dict, chunk_size: int | None, erase: bool = True, seq_len: int | None = None):
+def delta_forward(x: dict, chunk_size: int | None, erase: bool = True, seq_len: int | None = None,
+                  fast: bool = False):
     """The delta rule (``erase=False``: the additive write) over the first ``seq_len`` tokens:
-    chunked at ``chunk_size``, or the token-by-token reference when it is None. Returns ``(out, state)``."""
+    chunked at ``chunk_size`` (``fast``: the state-transition form across chunks), or the
+    token-by-token reference when it is None. Returns ``(out, state)``."""
     seq = slice(0, seq_len)
     q, k, v, beta = (x[n][:, :, seq] for n in ("q", "k", "v", "beta"))
     if chunk_size is None:
         return delta_rule_reference(q, k, v, beta, erase=erase)
-    return delta_rule(q, k, v, beta, chunk_size=chunk_size, erase=erase)
+    return delta_rule(q, k, v, beta, chunk_size=chunk_size, erase=erase, fast=fast)
+
+
+def delta_flops(seq_len: int, chunk_size: int = DELTA_CHUNK, dim: int = DIM) -> int:
+    """Floating-point operations of the chunked delta rule's products (one head, key_dim = value_dim
+    = ``dim``), counting a multiply-add as two: per chunk of ``C`` tokens, ``K K^T`` and ``Q K^T``
+    (C^2 d each), the triangular solve for two right-hand sides (C^2 d), the chunk's transition and
+    write (2 C d^2), the reads ``Q M^T`` and ``W M^T`` (2 C d^2), ``(Q K^T) U`` (C^2 d) and the
+    state update (d^3)."""
+    C, d = chunk_size, dim
+    chunks = -(-seq_len // C)
+    return 2 * chunks * (4 * C * C * d + 4 * C * d * d + d ** 3)
+
+
+def matmul_rate(size: int = MATMUL_SIZE) -> dict:
+    """The machine's float32 matmul rate: ``(size x size) @ (size x size)``, median of 5 calls."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    timing, _ = timed_call(lambda: a @ b, repeats=5)
+    return {"size": size, "gflop_per_s": 2 * size ** 3 / timing["median_s"] / 1e9, **timing}
 
 
 def attention_forward(x: dict) -> torch.Tensor:
@@ -226,6 +251,7 @@ def loop_vs_chunked(seq_lens: list[int], max_loop_len: int) -> dict:
             ("mlp_chunked", 64, lambda mx=mx: mlp_forward(mx, 64), seq_len),
             ("delta_loop", None, lambda dx=dx, timed=timed: delta_forward(dx, None, seq_len=timed), timed),
             ("delta_chunked", DELTA_CHUNK, lambda dx=dx: delta_forward(dx, DELTA_CHUNK), seq_len),
+            ("delta_fast", DELTA_CHUNK, lambda dx=dx: delta_forward(dx, DELTA_CHUNK, fast=True), seq_len),
         ]
         by_name = {}
         for name, chunk, fn, timed_len in forms:
@@ -235,11 +261,12 @@ def loop_vs_chunked(seq_lens: list[int], max_loop_len: int) -> dict:
             rows.append(row)
             by_name[(name, chunk)] = row
             print_timing(row)
-        for module, chunks in (("mlp", (16, 64)), ("delta", (DELTA_CHUNK,))):
+        for module, form, chunks in (("mlp", "chunked", (16, 64)), ("delta", "chunked", (DELTA_CHUNK,)),
+                                     ("delta", "fast", (DELTA_CHUNK,))):
             loop = by_name[(f"{module}_loop", None)]
             for chunk in chunks:
-                fast = by_name[(f"{module}_chunked", chunk)]
-                speedups.append({"module": module, "chunk_size": chunk, "seq_len": seq_len,
+                fast = by_name[(f"{module}_{form}", chunk)]
+                speedups.append({"module": module, "form": form, "chunk_size": chunk, "seq_len": seq_len,
                                  "speedup": loop["median_s"] / fast["median_s"],
                                  "loop_extrapolated": loop["extrapolated"]})
     return {"rows": rows, "speedups": speedups}
@@ -277,6 +304,8 @@ def linear_vs_attention(seq_lens: list[int]) -> dict:
     methods = {
         "delta_chunked": lambda x: delta_forward(x, DELTA_CHUNK)[0],
         "additive_chunked": lambda x: delta_forward(x, DELTA_CHUNK, erase=False)[0],
+        "delta_fast": lambda x: delta_forward(x, DELTA_CHUNK, fast=True)[0],
+        "additive_fast": lambda x: delta_forward(x, DELTA_CHUNK, erase=False, fast=True)[0],
         "attention": attention_forward,
     }
     rows = []
@@ -290,8 +319,16 @@ def linear_vs_attention(seq_lens: list[int]) -> dict:
     median = {(r["method"], r["seq_len"]): r["median_s"] for r in rows}
     attention = [median[("attention", t)] for t in seq_lens]
     cross = {name: crossover(seq_lens, [median[(name, t)] for t in seq_lens], attention)
-             for name in ("delta_chunked", "additive_chunked")}
-    return {"rows": rows, "crossover": cross}
+             for name in ("delta_chunked", "additive_chunked", "delta_fast", "additive_fast")}
+    rate = matmul_rate()
+    longest = seq_lens[-1]
+    needed = delta_flops(longest)
+    share = {"seq_len": longest, "gflop": needed / 1e9, "matmul_gflop_per_s": rate["gflop_per_s"],
+             "delta_fast_gflop_per_s": needed / median[("delta_fast", longest)] / 1e9}
+    share["share_of_matmul_rate"] = share["delta_fast_gflop_per_s"] / rate["gflop_per_s"]
+    print(f"  matmul rate {rate['gflop_per_s']:.0f} GFLOP/s; the fast delta rule at T={longest}: "
+          f"{share['delta_fast_gflop_per_s']:.1f} GFLOP/s ({share['share_of_matmul_rate']:.2f} of it)")
+    return {"rows": rows, "crossover": cross, "matmul": rate, "delta_fast_rate": share}
 
 
 # --- 4: bytes held after T tokens ---
@@ -480,10 +517,27 @@ def target_summary(results: dict) -> list[dict]:
     """Each target: the measured ratio, the target and PASS / MISS (or why it was not measured)."""
     summary = []
     for s in results["loop_vs_chunked"]["speedups"]:
-        if s["module"] == "mlp" and s["seq_len"] == 4096:
+        if s["seq_len"] != 4096:
+            continue
+        if s["module"] == "mlp":
             summary.append({"target": f"MLP chunk {s['chunk_size']} vs token-by-token, T=4096 (forward)",
-                            "measured": s["speedup"], "required": TARGETS["mlp_chunked_vs_loop_speedup_at_4096"],
+                            "measured": s["speedup"],
+                            "required": TARGETS[f"mlp_chunk{s['chunk_size']}_vs_loop_speedup_at_4096"],
                             "extrapolated": s["loop_extrapolated"]})
+        elif s.get("form") == "fast":
+            summary.append({"target": f"delta rule chunk {s['chunk_size']} (fast form) vs token-by-token, T=4096 "
+                                      "(forward)", "measured": s["speedup"],
+                            "required": TARGETS["delta_fast_vs_loop_speedup_at_4096"],
+                            "extrapolated": s["loop_extrapolated"]})
+    share = results["linear_vs_attention"]["delta_fast_rate"]
+    summary.append({"target": f"delta rule (fast form) at T={share['seq_len']}: share of the matmul rate",
+                    "measured": share["share_of_matmul_rate"], "unit": "",
+                    "required": TARGETS["delta_fast_share_of_matmul_rate_at_32768"], "extrapolated": False})
+    first = results["linear_vs_attention"]["crossover"]["delta_fast"]["first_faster_seq_len"]
+    summary.append({"target": "linear memory (delta rule, fast form) faster than causal attention from T",
+                    "measured": first, "unit": " tokens", "at_most": True,
+                    "required": TARGETS["linear_faster_than_attention_from_seq_len"], "extrapolated": False,
+                    **({} if first is not None else {"verdict": "MISS", "reason": "attention faster at every T"})})
     rows = {r["method"]: r for r in results["training"]["rows"] if r.get("chunk_size") in (TRAIN_CHUNK, None)}
     titans = results["training"]["titans"]
     entry = {"target": "training tokens/s, ours chunk 16 vs titans chunk by chunk",
@@ -497,7 +551,8 @@ def target_summary(results: dict) -> list[dict]:
     summary.append(entry)
     for s in summary:
         if "verdict" not in s:
-            s["verdict"] = "PASS" if s["measured"] >= s["required"] else "MISS"
+            ok = s["measured"] <= s["required"] if s.get("at_most") else s["measured"] >= s["required"]
+            s["verdict"] = "PASS" if ok else "MISS"
     return summary
 
 
@@ -505,13 +560,15 @@ def print_summary(results: dict) -> None:
     print("\nLoop vs chunked (forward, batch 1): speedup = loop time / chunked time")
     for s in results["loop_vs_chunked"]["speedups"]:
         flag = "  (loop extrapolated)" if s["loop_extrapolated"] else ""
-        print(f"  {s['module']:<6} chunk {s['chunk_size']:<3} T={s['seq_len']:<6} {s['speedup']:7.1f}x{flag}")
+        print(f"  {s['module']:<6} {s.get('form', 'chunked'):<8} chunk {s['chunk_size']:<3} T={s['seq_len']:<6} "
+              f"{s['speedup']:7.1f}x{flag}")
     print("\nLinear memory vs causal attention (forward, batch 1): time ratio linear / attention")
     med = {(r["method"], r["seq_len"]): r["median_s"] for r in results["linear_vs_attention"]["rows"]}
     for t in sorted({t for _, t in med}):
         att = med[("attention", t)]
         print(f"  T={t:<6} attention {att * 1e3:9.1f} ms   delta {med[('delta_chunked', t)] / att:6.2f}   "
-              f"additive {med[('additive_chunked', t)] / att:6.2f}")
+              f"additive {med[('additive_chunked', t)] / att:6.2f}   fast delta {med[('delta_fast', t)] / att:6.2f}   "
+              f"fast additive {med[('additive_fast', t)] / att:6.2f}")
     for name, c in results["linear_vs_attention"]["crossover"].items():
         print(f"  crossover {name}: faster from T={c['first_faster_seq_len']} (bracket {c['bracket']}, "
               f"estimate {c['estimated_seq_len']}) {c['note']}")
@@ -523,9 +580,12 @@ def print_summary(results: dict) -> None:
     print(f"  constant in T: delta {sizes['delta_constant']}, mlp {sizes['mlp_constant']}")
     print("\nTargets")
     for s in results["targets"]:
-        measured = "-" if s["measured"] is None else f"{s['measured']:.2f}x"
+        unit = s.get("unit", "x")
+        digits = 0 if unit == " tokens" else 2
+        measured = "-" if s["measured"] is None else f"{s['measured']:.{digits}f}{unit}"
         flag = " (extrapolated)" if s["extrapolated"] else ""
-        print(f"  {s['verdict']:<16} {s['target']}: {measured} (target >= {s['required']:g}x){flag} "
+        bound = "<=" if s.get("at_most") else ">="
+        print(f"  {s['verdict']:<16} {s['target']}: {measured} (target {bound} {s['required']:g}{unit}){flag} "
               f"{s.get('reason', '')}")
 
 

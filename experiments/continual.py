@@ -1,16 +1,16 @@
-"""Chapter 8's continual-learning curves: the four trained tasks of the capstone, one after another.
+"""Chapter 8's continual-learning curves: four trained tasks of the matched capstone, one after another.
 
-    python experiments/continual.py          # writes book/results/ch08_continual.json
+    python experiments/continual.py          # writes book/results/ch08_continual.json (after the matched sweep)
     python experiments/continual.py --quick  # one model, one seed, a few steps; writes nothing
 
 Each model (built with ``torch.manual_seed(seed)``) is trained on associative lookup, then changing
-facts, then the needle, then multi-hop (the capstone's short training tasks, in that order), 150
-steps of batch 64 each, with a fresh optimizer per phase, at its capstone learning rate
-(:func:`memorylib.capstone.learning_rate`); every 30 steps it is evaluated on 512 held-out
-sequences of every task (:func:`memorylib.continual.forgetting_curves`). The reference for each
-(model, seed) is the same model trained on all four tasks at once for as many steps
-(:func:`memorylib.continual.joint_training`). Runs in torch's default
-arithmetic with 2 threads, like ``memorylib sweep``.
+facts, then the needle in a Markov haystack, then multi-hop (the matched capstone's short training
+tasks, in that order), 150 steps of batch 64 each, with a fresh optimizer per phase at the rate the
+matched sweep tuned for that model on that task (``book/results/ch08_matched.json``); every 30 steps
+it is evaluated on 512 held-out sequences of every task (:func:`memorylib.continual.forgetting_curves`).
+The reference for each (model, seed) is the same model trained on all four tasks at once for as many
+steps (:func:`memorylib.continual.joint_training`), at the rate of the sweep's grid with the best
+mean validation accuracy over the four tasks on seed 0. Five seeds. Runs in the book's arithmetic.
 """
 
 from __future__ import annotations
@@ -24,47 +24,88 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+from memorylib import reproducible  # noqa: E402  (no torch import)
 
-from memorylib import reproducible  # noqa: E402
-from memorylib.capstone import CAPSTONE, learning_rate  # noqa: E402
+reproducible.apply()      # the book's thread count, before torch loads
+
+from memorylib.capstone import MATCHED, chosen_rate  # noqa: E402
 from memorylib.continual import forgetting_curves, joint_training  # noqa: E402
+from memorylib.files import atomic_write_text  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
+from memorylib.tasks import TaskMixture  # noqa: E402
+from memorylib.training import evaluate  # noqa: E402
 
 OUT = ROOT / "book/results/ch08_continual.json"
+SWEEP = ROOT / MATCHED["out"]
 MODELS = ["local_transformer", "slot_memory", "delta_memory", "full_memory"]
-ORDER = ["associative_lookup", "changing_facts", "needle_recall", "multi_hop"]
-SEEDS = [0, 1, 2]
+ORDER = ["associative_lookup", "changing_facts", "needle_markov", "multi_hop"]
+SEEDS = [0, 1, 2, 3, 4]
 STEPS, EVAL_EVERY, BATCH, EXAMPLES = 150, 30, 64, 512
 
 
+def phase_rates(record: dict, model: str, fallback: float | None = None) -> dict:
+    """The matched sweep's tuned rate of ``model`` on every task of ORDER; a clear error if the
+    sweep has not tuned one yet (``fallback``: use that rate instead, for a smoke run)."""
+    rates = {task: chosen_rate(record["rows"], MATCHED, model, task) for task in ORDER}
+    missing = [t for t, r in rates.items() if r is None]
+    if missing and fallback is not None:
+        return {t: fallback if r is None else r for t, r in rates.items()}
+    if missing:
+        raise SystemExit(f"the matched sweep ({SWEEP.relative_to(ROOT)}) has not tuned {model} on {missing} yet; "
+                         "run it first (memorylib sweep --preset matched)")
+    return rates
+
+
+def joint_rate(model: str, phases: list, steps: int, examples: int) -> tuple[float, dict]:
+    """The grid rate whose joint training (seed 0) has the best mean validation accuracy over the
+    tasks (ties: the smaller); returns it and every rate's mean."""
+    import torch
+
+    from memorylib.registry import build_model
+    from memorylib.training import train
+
+    means = {}
+    for lr in MATCHED["lr_grid"]:
+        torch.manual_seed(0)
+        net = build_model(model)
+        train(net, TaskMixture([t for _, t in phases]), steps=steps * len(phases), batch_size=BATCH, lr=lr, seed=0,
+              progress=False)
+        means[lr] = round(sum(evaluate(net, t, num_examples=examples, seed=0, split="validation")["accuracy"]
+                              for _, t in phases) / len(phases), 4)
+    return max(means, key=lambda lr: (means[lr], -lr)), means
+
+
 def main(argv: list[str]) -> int:
-    torch.set_num_threads(2)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     models, seeds, steps = (MODELS[:1], [0], 4) if args.quick else (MODELS, SEEDS, STEPS)
-    phases = [(name, build_task(*CAPSTONE["tasks"][name]["train"][:1], **CAPSTONE["tasks"][name]["train"][1]))
+    examples = 8 if args.quick else EXAMPLES
+    phases = [(name, build_task(MATCHED["tasks"][name]["train"][0], **MATCHED["tasks"][name]["train"][1]))
               for name in ORDER]
-    started, runs = time.perf_counter(), []
+    sweep = json.loads(SWEEP.read_text())
+    started, runs, rates = time.perf_counter(), [], {}
     for model in models:
+        per_phase = phase_rates(sweep, model, fallback=3e-3 if args.quick else None)
+        joint_lr, tuning = joint_rate(model, phases, steps, examples)
+        rates[model] = {"phases": per_phase, "joint": joint_lr,
+                        "joint_tuning": {f"{k:g}": v for k, v in tuning.items()}}
         for seed in seeds:
             r = forgetting_curves(model, phases, steps=steps, eval_every=EVAL_EVERY if not args.quick else 2,
-                                  batch_size=BATCH, lr=learning_rate(CAPSTONE, model), seed=seed,
-                                  num_examples=EXAMPLES if not args.quick else 8)
+                                  batch_size=BATCH, lr=per_phase, seed=seed, num_examples=examples)
             r["seed"] = seed
-            r["joint"] = joint_training(model, phases, steps=steps, batch_size=BATCH, lr=learning_rate(CAPSTONE, model),
-                                        seed=seed, num_examples=EXAMPLES if not args.quick else 8)
+            r["joint"] = joint_training(model, phases, steps=steps, batch_size=BATCH, lr=joint_lr, seed=seed,
+                                        num_examples=examples)
             runs.append(r)
             print(f"{model:18s} seed {seed}: final {[r['accuracy'][t][-1] for t in ORDER]}, "
-                  f"forgetting {r['forgetting']} ({r['seconds']} s)", flush=True)
+                  f"forgetting {r['forgetting']}, joint {r['joint']['accuracy']} ({r['seconds']} s)", flush=True)
     if args.quick:
         return 0
     record = {**reproducible.provenance("python experiments/continual.py"),
-              "order": ORDER, "tasks": {n: CAPSTONE["tasks"][n]["train"] for n in ORDER}, "steps_per_phase": STEPS,
-              "eval_every": EVAL_EVERY, "batch_size": BATCH, "num_examples": EXAMPLES,
+              "order": ORDER, "tasks": {n: MATCHED["tasks"][n]["train"] for n in ORDER}, "steps_per_phase": STEPS,
+              "eval_every": EVAL_EVERY, "batch_size": BATCH, "num_examples": EXAMPLES, "rates": rates,
               "runs": runs, "seconds": round(time.perf_counter() - started, 1)}
-    OUT.write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(OUT, json.dumps(record, indent=1, allow_nan=False) + "\n")
     print(f"wrote {OUT} in {record['seconds']} s")
     return 0
 

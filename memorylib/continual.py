@@ -23,11 +23,13 @@ from .training import evaluate, train
 
 
 def forgetting_curves(model: str, phases: list[tuple[str, object]], *, steps: int = 150, eval_every: int = 50,
-                      batch_size: int = 64, lr: float = 1e-2, seed: int = 0, num_examples: int = 128,
+                      batch_size: int = 64, lr: float | dict = 1e-2, seed: int = 0, num_examples: int = 128,
                       model_kwargs: dict | None = None, progress: bool = False) -> dict:
     """Train ``model`` (a registry name, built with ``torch.manual_seed(seed)``) on ``phases``
     (``[(name, task), ...]``) in order, ``steps`` each, and evaluate every task every
-    ``eval_every`` steps (and before training, and after each phase's last step).
+    ``eval_every`` steps (and before training, and after each phase's last step). ``lr``: one
+    outer learning rate, or ``{phase name: rate}`` (each phase's fresh optimizer at its own rate,
+    e.g. the rate tuned for the model on that task).
 
     Returns ``{"model", "phases": [names], "step": [updates done at each evaluation],
     "accuracy": {task name: [accuracy at each evaluation]}, "ci": {task: [[lo, hi], ...]},
@@ -38,10 +40,13 @@ def forgetting_curves(model: str, phases: list[tuple[str, object]], *, steps: in
     names = [name for name, _ in phases]
     if len(set(names)) != len(names) or not names:
         raise ValueError(f"phases must be a non-empty list of (name, task) with distinct names, got {names}")
+    rates = lr if isinstance(lr, dict) else {n: lr for n in names}
+    if set(rates) != set(names):
+        raise ValueError(f"lr must be one rate or a rate for every phase {names}, got rates for {sorted(rates)}")
     torch.manual_seed(seed)
     net = build_model(model, **(model_kwargs or {}))
-    out = {"model": model, "phases": names, "step": [], "accuracy": {n: [] for n in names},
-           "ci": {n: [] for n in names}}
+    out = {"model": model, "phases": names, "lr": {n: rates[n] for n in names}, "step": [],
+           "accuracy": {n: [] for n in names}, "ci": {n: [] for n in names}}
 
     def measure(step: int) -> None:
         out["step"].append(step)
@@ -62,7 +67,7 @@ def forgetting_curves(model: str, phases: list[tuple[str, object]], *, steps: in
             measure(p * steps + next(calls) + 1)
             return {}
 
-        train(net, task, steps=steps, batch_size=batch_size, lr=lr, seed=seed + p, log_every=eval_every,
+        train(net, task, steps=steps, batch_size=batch_size, lr=rates[name], seed=seed + p, log_every=eval_every,
               progress=progress, desc=f"{model}: {name}", monitor=monitor)
     out["forgetting"] = {n: round(max(out["accuracy"][n]) - out["accuracy"][n][-1], 4) for n in names[:-1]}
     out["seconds"] = round(time.perf_counter() - start, 1)

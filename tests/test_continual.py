@@ -43,3 +43,18 @@ def test_joint_training_sees_every_task_for_as_many_steps_as_the_phases():
     assert again["accuracy"] == r["accuracy"]
     with pytest.raises(ValueError, match="non-empty list"):
         joint_training("local_transformer", [])
+
+
+def test_each_phase_can_train_at_its_own_rate(monkeypatch):
+    import memorylib.continual as continual
+
+    kw = dict(steps=3, eval_every=2, batch_size=4, num_examples=8, model_kwargs={"d_model": 16, "num_heads": 2})
+    same = forgetting_curves("local_transformer", phases(), lr=3e-3, **kw)
+    split = forgetting_curves("local_transformer", phases(), lr={"lookup": 3e-3, "needle": 3e-3}, **kw)
+    assert split["accuracy"] == same["accuracy"] and split["lr"] == {"lookup": 3e-3, "needle": 3e-3}
+    used, train = [], continual.train
+    monkeypatch.setattr(continual, "train", lambda net, task, **k: used.append(k["lr"]) or train(net, task, **k))
+    forgetting_curves("local_transformer", phases(), lr={"needle": 1e-1, "lookup": 3e-3}, **kw)
+    assert used == [3e-3, 1e-1]                              # in the phases' order
+    with pytest.raises(ValueError, match=r"a rate for every phase \['lookup', 'needle'\], got rates for \['lookup'\]"):
+        forgetting_curves("local_transformer", phases(), lr={"lookup": 1e-3}, steps=2)

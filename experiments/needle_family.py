@@ -76,6 +76,9 @@ CELLS = [
     ("update", {"num_needles": 4}, (16384,), "all"),
 ]
 LONGEST = 262144
+# how the test streams place their needles (memorylib.needles.stream_family); a record made another
+# way is not extended
+PROTOCOL = "every needle's cell drawn uniformly (the asked needle's too); by_depth bins the asked needle's depth"
 # leakage controls (memorylib.needles.CONTROLS: the first asked needle removed, or carrying a value no
 # needle has): the main model, seed 0, every variant at 16K on both haystacks and the 8-key needle at
 # 256K on the random haystack; a causal model scores at chance (1/64) or below on the first question
@@ -104,7 +107,7 @@ def read_record(out: pathlib.Path) -> dict:
     if not out.exists():
         return {"training": {"tasks": [list(t) for t in TRAIN_TASKS], **RECIPE, "lr_grid": LR_GRID},
                 "models": {k: list(v) for k, v in MODELS.items()}, "trials": TRIALS, "piece": PIECE,
-                "train_rows": [], "cells": [], "seconds": 0.0}
+                "train_rows": [], "cells": [], "seconds": 0.0, "protocol": PROTOCOL}
     try:
         record = json.loads(out.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -112,6 +115,9 @@ def read_record(out: pathlib.Path) -> dict:
                          "move it away to start over") from None
     if not isinstance(record, dict) or record.get("training", {}).get("tasks") != [list(t) for t in TRAIN_TASKS]:
         raise ValueError(f"{out} holds runs of another training recipe; move it away to start over")
+    if record.get("protocol") != PROTOCOL:
+        raise ValueError(f"{out} holds cells streamed another way ({record.get('protocol')!r}); move it away, or "
+                         "keep its training rows and drop its cells, to start over")
     return record
 
 

@@ -288,8 +288,10 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
                   control: str | None = None, progress: bool = False, digits: int = 4) -> dict:
     """One variant of the needle family at ``seq_len`` tokens over ``trials`` streams, fed in pieces
     of ``piece`` tokens through ``model.stream`` with its carried state; the questions at the end
-    are read in one last piece. Trial ``i`` puts its (first) asked needle at depth
-    ``(i % num_depths) / (num_depths - 1)``.
+    are read in one last piece. Every needle's cell is drawn uniformly, the asked one's like the
+    others': a fixed grid of depths for the asked needle would tell a strategy that ignores the key
+    which needle is asked (the one on a grid cell), and the floor would no longer be 1/N.
+    ``by_depth`` bins the first asked needle's depth into ``num_depths`` equal bins.
 
     Returns ``accuracy`` over every question with a Wilson 95 % interval, ``first_accuracy`` (the
     first question of each stream), ``by_depth``, ``other_needle_rate`` (answers that gave the
@@ -311,8 +313,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
     check_int("batch_size", batch_size, 1)
     if not hasattr(model, "stream"):
         raise ValueError(f"{type(model).__name__} has no stream method; streaming needs a model of constant state")
-    grid = np.linspace(0.0, 1.0, num_depths)
-    depth_of = grid[np.arange(trials) % num_depths]
+    edges = np.linspace(0.0, 1.0, num_depths + 1)
     correct, other, stale, floor, depth, kept, stored = [], [], [], [], [], [], []
     state_bytes = set()
     start = time.perf_counter()
@@ -322,7 +323,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
             hi_t = min(trials, lo_t + batch_size)
             gen = NeedleFamilyStream(variant, seq_len, hi_t - lo_t, num_needles=num_needles, num_queries=num_queries,
                                      num_distractors=num_distractors, seed=seed * 100003 + b_i,
-                                     depths=depth_of[lo_t:hi_t], haystack=haystack, min_distance=min_distance,
+                                     haystack=haystack, min_distance=min_distance,
                                      control=control)
             q0, state = int(gen.query_positions[0]), None
             for lo in range(0, q0, piece):
@@ -337,7 +338,7 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
                 stored.append((pred[:, 0] == gen.stored_value).numpy())
             floor.append((gen.keyless == gen.targets).numpy())
             other.append(np.array([[int(p) in gen.others[b] for p in row] for b, row in enumerate(pred.tolist())]))
-            depth.append(depth_of[lo_t:hi_t])
+            depth.append(gen.depth.numpy())
             state_bytes.add(state.nbytes() // (hi_t - lo_t))
             bar.update(hi_t - lo_t)
         bar.close()
@@ -352,11 +353,13 @@ def stream_family(model, variant: str, seq_len: int, trials: int, *, num_needles
         return {"accuracy": r(k / n), "ci": [r(lo), r(hi)], "n": n}
 
     by_depth = {"depth": [], "n": [], "accuracy": [], "ci_low": [], "ci_high": []}
-    for d in grid:
-        sel = depth == d
+    which = np.clip(np.digitize(depth, edges[1:-1]), 0, num_depths - 1)     # bin of each stream's depth
+    for b in range(num_depths):
+        sel = which == b
         if sel.any():
             res = rate(correct[sel, 0])
-            for key, val in zip(by_depth, (r(d), res["n"], res["accuracy"], *res["ci"])):
+            centre = (edges[b] + edges[b + 1]) / 2
+            for key, val in zip(by_depth, (r(centre), res["n"], res["accuracy"], *res["ci"])):
                 by_depth[key].append(val)
     if len(state_bytes) != 1:
         raise AssertionError(f"the carried state changed size between batches: {sorted(state_bytes)} bytes")

@@ -2,6 +2,7 @@
 the answers are those a plain reading of the tokens gives, and the keyless floor is what the
 variant implies (1 for one needle, 1/N among N keys)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,8 +142,7 @@ def test_streaming_the_family_scores_what_one_call_predicts(variant, kwargs):
     # the same streams, each read in one call: trial i is in batch i // 4, generated from seed 3 * 100003 + i // 4
     outcomes, hits, n = [], 0, 0
     for b_i, (lo, hi) in enumerate(((0, 4), (4, 6))):
-        depths = [(i % 3) / 2 for i in range(lo, hi)]
-        gen = NeedleFamilyStream(variant, 700, hi - lo, seed=3 * 100003 + b_i, depths=depths, **kwargs)
+        gen = NeedleFamilyStream(variant, 700, hi - lo, seed=3 * 100003 + b_i, **kwargs)
         with torch.no_grad():
             pred = model(gen.piece(0, gen.answer_end))[:, gen.query_positions].argmax(-1)
         right = pred == gen.targets
@@ -151,6 +151,33 @@ def test_streaming_the_family_scores_what_one_call_predicts(variant, kwargs):
     assert res["outcomes"] == "".join(outcomes)
     assert res["accuracy"] == round(hits / n, 4) and res["num_queries"] == kwargs.get("num_queries", 1)
     assert res["state_bytes"] > 0 and res["value_cached"] is not None and 0 <= res["value_cached"] <= 1
+    assert sum(res["by_depth"]["n"]) == 6 and all(0 < d < 1 for d in res["by_depth"]["depth"])
+
+
+def test_where_a_needle_sits_does_not_tell_which_one_is_asked():
+    """Streamed cells place every needle uniformly: the asked needle's rank among the needles in
+    stream order is uniform, so the keyless floor is 1/N (a grid of depths for the asked needle
+    would give it away by its position)."""
+    from memorylib.needles import stream_family
+
+    class Constant(torch.nn.Module):                  # answers nothing: only the floor matters here
+        def stream(self, tokens, state=None, last_only=False):
+            class S:
+                def nbytes(self):
+                    return 8
+            return torch.zeros(tokens.shape[0], 1 if last_only else tokens.shape[1], 200), S()
+
+    res = stream_family(Constant(), "multi_key", 600, 800, num_needles=8, haystack="random", piece=600,
+                        batch_size=200)
+    se = (0.125 * 0.875 / 800) ** 0.5
+    assert abs(res["floor"]["accuracy"] - 0.125) < 3.5 * se
+    ranks = []
+    for b in range(4):
+        gen = NeedleFamilyStream("multi_key", 600, 200, num_needles=8, seed=b, haystack="random")
+        order = gen.cells.argsort(1)                     # needles in stream order
+        ranks += (order == gen.asked_index[:, :1]).float().argmax(1).tolist()
+    counts = np.bincount(ranks, minlength=8)
+    assert counts.min() > 60 and counts.max() < 140      # 100 each expected of 800
 
 
 def test_the_cache_check_sees_what_the_sidecar_holds():

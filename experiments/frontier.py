@@ -38,15 +38,14 @@ from memorylib import reproducible  # noqa: E402  (no torch import)
 reproducible.apply()      # the book's thread count, before torch loads
 
 import needle_family as nf  # noqa: E402
-import torch  # noqa: E402
 
 from memorylib.analysis import state_bytes  # noqa: E402
-from memorylib.checkpoint import load_model, save_checkpoint  # noqa: E402
+from memorylib.checkpoint import load_model  # noqa: E402
 from memorylib.files import atomic_write_text, locked  # noqa: E402
 from memorylib.floors import keyless_floor  # noqa: E402
 from memorylib.knobs import sidecar_capacity  # noqa: E402
-from memorylib.registry import build_model, build_task  # noqa: E402
-from memorylib.training import evaluate, train  # noqa: E402
+from memorylib.registry import build_task  # noqa: E402
+from memorylib.training import evaluate  # noqa: E402
 
 OUT = ROOT / "book/results/ch07_frontier.json"
 CKPT = ROOT / "book/results/ch07_frontier"
@@ -124,19 +123,8 @@ def checkpoint_file(label: str, seed: int, lr: float) -> pathlib.Path:
 def train_point(family: str, size, seed: int, lr: float, recipe: dict, command: str) -> None:
     name = FAMILIES[family][0]
     label, kwargs = point_label(family, size), point_kwargs(family, size)
-    torch.manual_seed(seed)
-    model = build_model(name, **kwargs)
-    task = nf.training_task()
-    start = time.perf_counter()
-    fit = train(model, task, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=lr,
-                warmup=recipe["warmup"], seed=seed, log_every=25, desc=f"{label} seed {seed} lr {lr:g}")
-    seconds = time.perf_counter() - start
-    validation = [evaluate(model, t, num_examples=512, seed=seed, split="validation")["accuracy"]
-                  for t in task.tasks]
     path = checkpoint_file(label, seed, lr)
-    save_checkpoint(path, model=name, model_kwargs=kwargs, task=nf.TRAIN_TASKS[0][0],
-                    task_kwargs=nf.TRAIN_TASKS[0][1], seed=seed, net=model,
-                    train_config={**recipe, "lr": lr, "tasks": [list(t) for t in nf.TRAIN_TASKS]})
+    _, fit, seconds, validation = nf.train_and_save(name, kwargs, label, seed, lr, recipe, path)
     row = {"model": label, "family": family, "size": size, "seed": seed, "lr": lr, "history": fit["history"],
            "validation": validation, "validation_mean": round(sum(validation) / len(validation), 4),
            "train_seconds": round(seconds, 1), "checkpoint": path.name}

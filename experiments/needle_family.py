@@ -141,8 +141,10 @@ def chosen_lr(record: dict, label: str) -> float | None:
     return max(LR_GRID, key=lambda lr: (runs[lr]["validation_mean"], -lr))
 
 
-def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path, command: str) -> None:
-    name, kwargs = MODELS[label]
+def train_and_save(name: str, kwargs: dict, label: str, seed: int, lr: float, recipe: dict, path: pathlib.Path):
+    """Train registry model ``name`` on the family's training mixture with the recipe (built with
+    ``torch.manual_seed(seed)``), save it at ``path``; returns ``(model, fit, seconds, validation)``
+    with one validation accuracy per training task. Shared with ``experiments/frontier.py``."""
     torch.manual_seed(seed)
     model = build_model(name, **kwargs)
     task = training_task()
@@ -152,10 +154,16 @@ def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path,
     seconds = time.perf_counter() - start
     validation = [evaluate(model, t, num_examples=512, seed=seed, split="validation")["accuracy"]
                   for t in task.tasks]
-    held_out = [evaluate(model, t, num_examples=512, seed=seed)["accuracy"] for t in task.tasks]
-    path = checkpoint_file(label, seed, lr)
     save_checkpoint(path, model=name, model_kwargs=kwargs, task=TRAIN_TASKS[0][0], task_kwargs=TRAIN_TASKS[0][1],
                     seed=seed, net=model, train_config={**recipe, "lr": lr, "tasks": [list(t) for t in TRAIN_TASKS]})
+    return model, fit, seconds, validation
+
+
+def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path, command: str) -> None:
+    name, kwargs = MODELS[label]
+    path = checkpoint_file(label, seed, lr)
+    model, fit, seconds, validation = train_and_save(name, kwargs, label, seed, lr, recipe, path)
+    held_out = [evaluate(model, t, num_examples=512, seed=seed)["accuracy"] for t in training_task().tasks]
     row = {"model": label, "seed": seed, "lr": lr, "history": fit["history"], "validation": validation,
            "validation_mean": round(sum(validation) / len(validation), 4), "held_out": held_out,
            "train_seconds": round(seconds, 1), "checkpoint": path.name}

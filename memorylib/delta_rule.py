@@ -97,6 +97,21 @@ def decay_products(a: torch.Tensor) -> torch.Tensor:
     return X.cumprod(-1).transpose(-1, -2).tril()
 
 
+def _chunks(chunk_size: int, T: int, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | None):
+    """``(C, N, (q, k, v, beta, retain))``: the chunk size, the number of chunks, and the inputs
+    padded to ``N * C`` tokens. Padded tokens write nothing (beta 0) and forget nothing (retain 1),
+    so the state is unchanged by them."""
+    C = min(chunk_size, T)
+    N = -(-T // C)
+    pad = N * C - T
+    if pad:
+        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta = torch.nn.functional.pad(beta, (0, pad))
+        if retain is not None:
+            retain = torch.nn.functional.pad(retain, (0, pad), value=1.0)
+    return C, N, (q, k, v, beta, retain)
+
+
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | None = None,
                state: Tensor | None = None, chunk_size: int = 64, erase: bool = True,
                fast: bool = False) -> tuple[Tensor, Tensor]:
@@ -111,16 +126,9 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | N
     M = initial_state(k, v) if state is None else state
     if T == 0:
         return v.new_zeros(v.shape), M
-    C = min(chunk_size, T)
-    N = -(-T // C)
-    pad = N * C - T
     if retain is None:
         retain = beta.new_ones(beta.shape)
-    if pad:
-        # padded tokens write nothing (beta 0) and forget nothing (retain 1): the state is unchanged
-        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        beta = torch.nn.functional.pad(beta, (0, pad))
-        retain = torch.nn.functional.pad(retain, (0, pad), value=1.0)
+    C, N, (q, k, v, beta, retain) = _chunks(chunk_size, T, q, k, v, beta, retain)
     q, k, v = (x.reshape(B, H, N, C, -1) for x in (q, k, v))
     beta, retain = beta.reshape(B, H, N, C), retain.reshape(B, H, N, C)
     G = decay_products(retain)                                         # (B, H, N, C, C)
@@ -158,15 +166,7 @@ def _delta_rule_transitions(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retai
     M = initial_state(k, v) if state is None else state
     if T == 0:
         return v.new_zeros(v.shape), M
-    C = min(chunk_size, T)
-    N = -(-T // C)
-    pad = N * C - T
-    if pad:
-        # padded tokens write nothing (beta 0) and forget nothing (retain 1): the state is unchanged
-        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        beta = torch.nn.functional.pad(beta, (0, pad))
-        if retain is not None:
-            retain = torch.nn.functional.pad(retain, (0, pad), value=1.0)
+    C, N, (q, k, v, beta, retain) = _chunks(chunk_size, T, q, k, v, beta, retain)
     q, k, v = (x.reshape(B, H, N, C, -1) for x in (q, k, v))
     b = beta.reshape(B, H, N, C, 1)
     G = g = None                                      # no forgetting: every decay product is 1

@@ -97,6 +97,14 @@ def decay_products(a: torch.Tensor) -> torch.Tensor:
     return X.cumprod(-1).transpose(-1, -2).tril()
 
 
+def _solve_unit_lower(A: Tensor, rhs: Tensor) -> Tensor:
+    """``A^{-1} rhs`` for unit lower-triangular ``A`` (batched); half precision is solved in float32,
+    which CPU torch has no triangular solve for."""
+    if A.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.solve_triangular(A.float(), rhs.float(), upper=False, unitriangular=True).to(A.dtype)
+    return torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+
+
 def _chunks(chunk_size: int, T: int, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | None):
     """``(C, N, (q, k, v, beta, retain))``: the chunk size, the number of chunks, and the inputs
     padded to ``N * C`` tokens. Padded tokens write nothing (beta 0) and forget nothing (retain 1),
@@ -139,10 +147,7 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | N
     if erase:
         A = eye + beta[..., None] * (k @ k.transpose(-1, -2) * G).masked_fill(~strict, 0.0)
         rhs = beta[..., None] * torch.cat([v, g[..., None] * k], dim=-1)
-        if A.dtype in (torch.float16, torch.bfloat16):     # no half-precision triangular solve on CPU
-            sol = torch.linalg.solve_triangular(A.float(), rhs.float(), upper=False, unitriangular=True).to(A.dtype)
-        else:
-            sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+        sol = _solve_unit_lower(A, rhs)
         U0, W = sol[..., :v.shape[-1]], sol[..., v.shape[-1]:]        # U = U0 - W M_0^T
     else:
         U0, W = beta[..., None] * v, None
@@ -181,10 +186,7 @@ def _delta_rule_transitions(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retai
         A = (b * causal(k @ k.transpose(-1, -2))).masked_fill(~strict, 0.0)
         A = A + torch.eye(C, dtype=k.dtype, device=k.device)
         rhs = torch.cat([b * v, b * (k if g is None else g * k)], dim=-1)
-        if A.dtype in (torch.float16, torch.bfloat16):     # no half-precision triangular solve on CPU
-            sol = torch.linalg.solve_triangular(A.float(), rhs.float(), upper=False, unitriangular=True).to(A.dtype)
-        else:
-            sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+        sol = _solve_unit_lower(A, rhs)
         U0, W = sol[..., :Dv], sol[..., Dv:]
         both = sol.transpose(-1, -2) @ kl                              # [U0^T kl; W^T kl]: (B, H, N, Dv + Dk, Dk)
         Bn, WK = both[..., :Dv, :], both[..., Dv:, :]

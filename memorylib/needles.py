@@ -118,7 +118,6 @@ class NeedleFamilyStream:
         if control == "shuffled" and stated >= lay.num_values:
             raise ValueError(f"the shuffled control needs a value no needle carries; {stated} needles use all "
                              f"{lay.num_values}")
-        spare = perm[:, stated % lay.num_values] + lay.value_start           # a value no needle carries
         if variant == "multi_value":                                  # needle j * N + i: key j's i-th value
             keys = keys[:, :1 + D].repeat_interleave(N, dim=1)
         if variant == "update":                                      # needle i and N + i: key i, then again
@@ -159,8 +158,8 @@ class NeedleFamilyStream:
         self.shown_values = values.clone()
         if control == "removed":
             self.shown.scatter_(1, first, False)
-        elif control == "shuffled":
-            self.shown_values.scatter_(1, first, spare[:, None])
+        elif control == "shuffled":                                  # the next value of the draw: no needle's
+            self.shown_values.scatter_(1, first, perm[:, stated:stated + 1] + lay.value_start)
         self.stored_value = self.shown_values.gather(1, first).squeeze(1) if control == "shuffled" else None
 
     def _cells(self, stated: int, top: int, g: torch.Generator, asked: int, want: int | None) -> torch.Tensor:

@@ -401,24 +401,30 @@ def ablation_dashboard(models: dict, tasks: dict, capacities=(0, 4, 16, 64), cap
 # --- the needle family (chapter 7) -------------------------------------------------------------------------
 
 
-def needle_curve(model, num_needles: int, haystack: str, seq_len: int = 512, **eval_kwargs) -> dict:
-    """``evaluate`` on the needle family's multi-key variant (one of ``num_needles`` needles
-    asked; 1: the single needle) at ``seq_len`` tokens, with ``"floor"``: the keyless floor's
-    accuracy on the same sequences. Introduced in chapter 7."""
+def needle_curves(models: dict, num_needles: int, haystack: str, seq_len: int = 512, **eval_kwargs) -> dict:
+    """``{name: evaluate(...)}`` of every model in ``models`` on the needle family's multi-key
+    variant (one of ``num_needles`` needles asked; 1: the single needle) at ``seq_len`` tokens, each
+    with ``"floor"``: the keyless floor's accuracy on the same sequences (computed once).
+    Introduced in chapter 7."""
     from .floors import keyless_floor
     from .registry import build_task
 
     task = build_task("needle_family", variant="single" if num_needles == 1 else "multi_key", seq_len=seq_len,
                       num_needles=num_needles, filler=haystack)
-    res = evaluate(model, task, **eval_kwargs)
     floor = keyless_floor(task, num_examples=eval_kwargs.get("num_examples", 512), seed=eval_kwargs.get("seed", 0))
-    return {**res, "floor": floor["accuracy"]}
+    return {name: {**evaluate(model, task, **eval_kwargs), "floor": floor["accuracy"]}
+            for name, model in models.items()}
+
+
+def needle_curve(model, num_needles: int, haystack: str, seq_len: int = 512, **eval_kwargs) -> dict:
+    """:func:`needle_curves` for one model."""
+    return needle_curves({"model": model}, num_needles, haystack, seq_len, **eval_kwargs)["model"]
 
 
 def needle_explorer(models: dict, needles=(1, 2, 4, 8, 16), haystacks=("random", "markov"), seq_len: int = 512,
                     num_needles: int = 8, num_examples: int = 128, seed: int = 0):
     """A slider over the number of needles in the stream (one asked) and a haystack toggle; every
-    model in ``models`` (``{name: trained model}``) is re-evaluated live (:func:`needle_curve`) and
+    model in ``models`` (``{name: trained model}``) is re-evaluated live (:func:`needle_curves`) and
     drawn as a bar with its interval beside the keyless floor. The static book shows the same
     question over every family and size with ``figures.frontier_figure``. Returns an
     ``ipywidgets.VBox`` (toggle, slider, output). Introduced in chapter 7."""
@@ -432,8 +438,7 @@ def needle_explorer(models: dict, needles=(1, 2, 4, 8, 16), haystacks=("random",
                                continuous_update=False)
 
     def draw(haystack: str, n: str):
-        res = {name: needle_curve(m, int(n), haystack, seq_len, num_examples=num_examples, seed=seed)
-               for name, m in models.items()}
+        res = needle_curves(models, int(n), haystack, seq_len, num_examples=num_examples, seed=seed)
         shown = {name: {**r, "chance": r["floor"]} for name, r in res.items()}
         figures.eval_figure(shown, title=f"{n} needle{'s' if n != '1' else ''}, one asked, {haystack} haystack, "
                                  f"{seq_len} tokens", line="keyless floor").show()

@@ -29,6 +29,7 @@ from memorylib import reproducible  # noqa: E402  (no torch import)
 reproducible.apply()      # the book's thread count, before torch loads
 
 from memorylib.capstone import MATCHED, chosen_rate  # noqa: E402
+from memorylib.cli import check_output  # noqa: E402
 from memorylib.continual import forgetting_curves, joint_training  # noqa: E402
 from memorylib.files import atomic_write_text  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
@@ -83,6 +84,8 @@ def main(argv: list[str]) -> int:
     examples = 8 if args.quick else EXAMPLES
     phases = [(name, build_task(MATCHED["tasks"][name]["train"][0], **MATCHED["tasks"][name]["train"][1]))
               for name in ORDER]
+    if not args.quick:                  # where the record goes, checked before half an hour of training
+        check_output(OUT, "json", force=True, inputs=(SWEEP,))
     sweep = json.loads(SWEEP.read_text())
     started, runs, rates = time.perf_counter(), [], {}
     for model in models:

@@ -213,10 +213,14 @@ BENCHMARK_SECTIONS = ("config", "loop_vs_chunked", "linear_vs_attention", "state
 
 # the rows of benchmarks/memory_speed.py, by method, and the names the chapter shows them under
 _FORWARD = {"delta_loop": "delta rule, token by token", "delta_chunked": "delta rule, chunk {C}",
-            "mlp_loop": "MLP memory, token by token", "mlp_chunked": "MLP memory, chunk {C}"}
+            "delta_fast": "delta rule, chunk {C}, fast form",
+            "mlp_loop": "MLP memory, token by token", "mlp_chunked": "MLP memory, chunk {C}",
+            "mlp_fast": "MLP memory, chunk {C}, fast form"}
 _ATTENTION = {"additive_chunked": "linear memory, chunk {C}", "delta_chunked": "delta rule, chunk {C}",
+              "additive_fast": "linear memory, chunk {C}, fast form", "delta_fast": "delta rule, chunk {C}, fast form",
               "attention": "causal attention (SDPA)"}
-_TRAINING = {"ours_chunked": "memorylib, chunk {C}", "ours_loop": "memorylib, token by token",
+_TRAINING = {"ours_chunked": "memorylib, chunk {C}", "ours_fast": "memorylib, chunk {C}, fast form",
+             "ours_loop": "memorylib, token by token",
              "titans_chunk_by_chunk": "titans-pytorch, chunk by chunk",
              "titans_one_call_batch16": "titans-pytorch, one call, batch_size 16",
              "titans_one_call_default": "titans-pytorch, one call, default"}

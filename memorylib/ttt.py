@@ -207,15 +207,68 @@ def _chunk(q, k, v, g: dict, coef_qk, w1, w2, s1, s2, update: bool):
 _PENDING = ("k", "v", "lr", "momentum", "retain")
 
 
+def _fast_chunks(qs, ks, vs, g: dict, coef_qk, w1, w2, s1, s2):
+    """The loop over full chunks with the fewest operations per chunk (``mlp_memory(fast=True)``).
+
+    Inputs are stacked over chunks, ``qs, ks: (B, H, N, C, key_dim)``, ``g`` is :func:`_gates` with
+    every factor present. Each layer's weight and momentum are kept side by side, ``[W1 | S1]``
+    (hidden x 2 key_dim) and ``[W2 | S2]`` (value_dim x 2 hidden), so one product reads both, and
+    everything that depends on the gates and inputs only (``[A q | b q]``, ``-[c k | m k]``) is
+    built for all chunks before the loop. Each chunk is then 20 direct batched products and fused
+    multiply-adds on ``(B H, ., .)`` tensors. The same algebra as :func:`_chunk`."""
+    B, H, N, C, Dk = ks.shape
+    hidden = w1.shape[-2]
+
+    def flat(x):                                                        # (B, H, N, ...) -> N of (B H, ...)
+        return x.reshape(B * H, N, *x.shape[3:]).unbind(1)
+
+    A, b = g["A"], g["b"]                                               # (B, H, N, C, 1)
+    ab = torch.cat([A, b], dim=-1)[..., None]                           # (B, H, N, C, 2, 1)
+    cm = torch.cat([g["c_last"], g["m_last"]], dim=-1).neg()[..., None]
+    qab = flat((ab * qs[..., None, :]).flatten(-2))                     # [A q | b q]: (C, 2 Dk) per chunk
+    kcm = flat((cm * ks[..., None, :]).flatten(-2))                     # -[c k | m k]
+    keep_w = torch.cat([A[..., -1, :], g["p_last"][..., 0, :]], dim=-1)  # (B, H, N, 2): W's and S's factor
+    scale1 = flat(keep_w.repeat_interleave(Dk, dim=-1)[..., None, :])    # (1, 2 Dk) per chunk
+    scale2 = flat(keep_w.repeat_interleave(hidden, dim=-1)[..., None, :])  # (1, 2 hidden) per chunk
+    ws1 = torch.cat([w1, s1], dim=-1).reshape(B * H, hidden, 2 * Dk)
+    ws2 = torch.cat([w2, s2], dim=-1).reshape(B * H, -1, 2 * hidden)
+    outs = []
+    for k, v, coef, cqk, qab_n, kcm_n, ab_n, cm_n, sc1, sc2, b_last in zip(
+            flat(ks), flat(vs), flat(g["coef"]), flat(coef_qk), qab, kcm, flat(ab), flat(cm), scale1, scale2,
+            flat(b[..., -1:, :])):
+        w1n, w2n = ws1[..., :Dk], ws2[..., :hidden]
+        zk = torch.bmm(k, w1n.transpose(1, 2))
+        sg = torch.sigmoid(zk)
+        h = zk * sg
+        sg = torch.addcmul(sg + h, h, sg, value=-1)                     # silu'(z) = s + h - h s
+        e = torch.baddbmm(v, h, w2n.transpose(1, 2), beta=-1)            # f(k) - v
+        d = torch.bmm(e, w2n) * sg
+        hq = F.silu(torch.baddbmm(torch.bmm(qab_n, ws1.transpose(1, 2)), cqk, d, alpha=-1))
+        out = torch.bmm((hq[:, :, None, :] * ab_n).reshape(B * H, C, 2 * hidden), ws2.transpose(1, 2))
+        outs.append(torch.baddbmm(out, torch.bmm(hq, h.transpose(1, 2)) * coef, e, alpha=-1))
+        new1 = torch.addcmul(torch.bmm(d.transpose(1, 2), kcm_n), ws1, sc1)
+        new1[..., :Dk].addcmul_(b_last, ws1[..., Dk:])
+        hcm = (h[:, :, None, :] * cm_n).reshape(B * H, C, 2 * hidden)
+        new2 = torch.addcmul(torch.bmm(e.transpose(1, 2), hcm), ws2, sc2)
+        new2[..., :hidden].addcmul_(b_last, ws2[..., hidden:])
+        ws1, ws2 = new1, new2
+    out = torch.cat(outs, dim=1).reshape(B, H, N * C, -1)
+    ws1, ws2 = ws1.reshape(B, H, hidden, 2 * Dk), ws2.reshape(B, H, -1, 2 * hidden)
+    return out, ws1[..., :Dk], ws2[..., :hidden], ws1[..., Dk:], ws2[..., hidden:]
+
+
 def mlp_memory(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, momentum: Tensor | None = None,
                retain: Tensor | None = None, *, state: MLPMemoryState,
-               chunk_size: int = 16) -> tuple[Tensor, MLPMemoryState]:
+               chunk_size: int = 16, fast: bool = False) -> tuple[Tensor, MLPMemoryState]:
     """The chunked mini-batch MLP memory. Returns ``(out, state)``. ``chunk_size=1`` equals
     :func:`mlp_memory_reference`; streaming in pieces (state carried) equals one call.
 
     Everything that depends on the gates only (``momentum`` or ``retain`` None skips its part)
     and ``q @ k^T`` inside each chunk is computed for all chunks at once; the loop over chunks
-    does only what needs the chunk-start weights."""
+    does only what needs the chunk-start weights. ``fast=True`` runs that loop with the fewest
+    operations per chunk (:func:`_fast_chunks`: about 1.5x faster at chunk 16 on one CPU thread);
+    the same numbers in exact arithmetic (tested in float64, gradients too), not the same last
+    bits in float32, so it is opt-in while recorded runs use the default."""
     _check(q, k, v, lr, momentum, retain, state)
     check_int("chunk_size", chunk_size, 1)
     if state.pending and state.chunk_size != chunk_size:
@@ -241,9 +294,14 @@ def mlp_memory(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, momentum: Tensor | N
             return None if x is None else x[:, :, :N * C].reshape(B, H, N, C, *x.shape[3:])
 
         qs, ks, vs = split(q), split(k), split(v)
+        if fast:                                                        # every factor present
+            momentum, retain = _defaults(lr, momentum, retain)
         g_all = _gates(split(lr), split(momentum), split(retain))
         coef_qk = g_all["coef"] * (qs @ ks.transpose(-1, -2))           # (B, H, N, C, C)
-        for n in range(N):
+        if fast:
+            out, w1, w2, s1, s2 = _fast_chunks(qs, ks, vs, g_all, coef_qk, w1, w2, s1, s2)
+            outs.append(out)
+        for n in range(0 if fast else N):
             g = {name: None if x is None else x[:, :, n] for name, x in g_all.items()}
             out, (w1, w2, s1, s2) = _chunk(qs[:, :, n], ks[:, :, n], vs[:, :, n], g, coef_qk[:, :, n],
                                            w1, w2, s1, s2, update=True)

@@ -1,6 +1,8 @@
 """The MLP memory (TTT): analytic per-token gradients equal autograd; the chunked mini-batch form
 equals the sequential reference at chunk size 1 and an independent mini-batch loop at every chunk
-size, in float64; streaming in pieces equals one call; gradients of the outer model agree."""
+size, in float64; streaming in pieces equals one call; gradients of the outer model agree. Every
+test of the chunked form runs both of its loops: the default and ``fast=True`` (the fewest
+operations per chunk)."""
 
 import pytest
 import torch
@@ -58,12 +60,16 @@ def test_token_gradients_equal_autograd():
         assert (g2 - e.transpose(-1, -2) @ h).abs().max() < 1e-12
 
 
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["default", "fast"])
+
+
+@FAST
 @pytest.mark.parametrize("momentum,retain", [(False, False), (True, False), (False, True), (True, True)])
-def test_chunk_size_one_equals_the_sequential_reference(momentum, retain):
+def test_chunk_size_one_equals_the_sequential_reference(momentum, retain, fast):
     q, k, v, lr, mom, ret, w1, w2 = inputs(momentum=momentum, retain=retain)
     state = MLPMemoryState.initial(w1, w2, B)
     ref, ref_state = mlp_memory_reference(q, k, v, lr, mom, ret, state=state)
-    out, out_state = mlp_memory(q, k, v, lr, mom, ret, state=state, chunk_size=1)
+    out, out_state = mlp_memory(q, k, v, lr, mom, ret, state=state, chunk_size=1, fast=fast)
     assert (out - ref).abs().max() < 1e-10
     for a, b in zip(out_state.tensors(), ref_state.tensors()):
         assert (a - b).abs().max() < 1e-10
@@ -71,14 +77,15 @@ def test_chunk_size_one_equals_the_sequential_reference(momentum, retain):
 
 @pytest.mark.parametrize("momentum,retain", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("chunk_size", [2, 5, 16, 37, 64])
-def test_chunked_form_equals_a_naive_minibatch_loop(chunk_size, momentum, retain):
+@FAST
+def test_chunked_form_equals_a_naive_minibatch_loop(chunk_size, momentum, retain, fast):
     q, k, v, lr, mom, ret, w1, w2 = inputs(momentum=momentum, retain=retain)
-    out, state = mlp_memory(q, k, v, lr, mom, ret, state=MLPMemoryState.initial(w1, w2, B), chunk_size=chunk_size)
+    out, state = mlp_memory(q, k, v, lr, mom, ret, state=MLPMemoryState.initial(w1, w2, B), chunk_size=chunk_size,
+                            fast=fast)
     loop, W1, W2 = minibatch_loop(q, k, v, lr, mom, ret, w1, w2, chunk_size)
     assert (out - loop).abs().max() < 1e-10
-    if 37 % chunk_size == 0 or chunk_size > 37:
-        if chunk_size <= 37:
-            assert (state.w1 - W1).abs().max() < 1e-10 and (state.w2 - W2).abs().max() < 1e-10
+    if 37 % chunk_size == 0:
+        assert (state.w1 - W1).abs().max() < 1e-10 and (state.w2 - W2).abs().max() < 1e-10
     # and a chunk is an approximation: it differs from the sequential reference
     ref, _ = mlp_memory_reference(q, k, v, lr, mom, ret, state=MLPMemoryState.initial(w1, w2, B))
     assert (out - ref).abs().max() > 1e-4
@@ -86,10 +93,11 @@ def test_chunked_form_equals_a_naive_minibatch_loop(chunk_size, momentum, retain
 
 @pytest.mark.parametrize("gates", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 4, 16])
-def test_streaming_in_pieces_equals_one_call(chunk_size, gates):
+@FAST
+def test_streaming_in_pieces_equals_one_call(chunk_size, gates, fast):
     q, k, v, lr, mom, ret, w1, w2 = inputs(T=50, momentum=gates, retain=gates)
     state0 = MLPMemoryState.initial(w1, w2, B)
-    whole, whole_state = mlp_memory(q, k, v, lr, mom, ret, state=state0, chunk_size=chunk_size)
+    whole, whole_state = mlp_memory(q, k, v, lr, mom, ret, state=state0, chunk_size=chunk_size, fast=fast)
     outs, state = [], state0
     for lo, hi in [(0, 3), (3, 4), (4, 21), (21, 22), (22, 50)]:
         sl = slice(lo, hi)
@@ -97,7 +105,7 @@ def test_streaming_in_pieces_equals_one_call(chunk_size, gates):
             return None if x is None else x[:, :, sl]
 
         o, state = mlp_memory(q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], part(mom), part(ret),
-                              state=state, chunk_size=chunk_size)
+                              state=state, chunk_size=chunk_size, fast=fast)
         outs.append(o)
     assert (torch.cat(outs, dim=2) - whole).abs().max() < 1e-12
     for a, b in zip(state.tensors(), whole_state.tensors()):
@@ -116,10 +124,11 @@ def test_reference_streams_too():
     assert (torch.cat([a, b], dim=2) - whole).abs().max() < 1e-12
 
 
-def test_outer_gradients_agree_between_forms():
+@FAST
+def test_outer_gradients_agree_between_forms(fast):
     q, k, v, lr, mom, ret, w1, w2 = inputs(T=13)
     grads = []
-    for fn in (lambda *x, state: mlp_memory(*x, state=state, chunk_size=1), mlp_memory_reference):
+    for fn in (lambda *x, state: mlp_memory(*x, state=state, chunk_size=1, fast=fast), mlp_memory_reference):
         leaves = [x.clone().requires_grad_() for x in (q, k, v, lr, mom, ret, w1, w2)]
         out, state = fn(*leaves[:6], state=MLPMemoryState.initial(leaves[6], leaves[7], B))
         (out.pow(2).sum() + state.w1.sin().sum()).backward()
@@ -154,3 +163,21 @@ def test_bad_inputs_name_the_value():
         mlp_memory(q, k, v, lr, state=open_state, chunk_size=8)
     with pytest.raises(ValueError, match="continue it with mlp_memory"):
         mlp_memory_reference(q, k, v, lr, state=open_state)
+
+
+@pytest.mark.parametrize("momentum,retain", [(False, False), (True, True)])
+def test_fast_form_has_the_default_forms_gradients_at_every_chunk_size(momentum, retain):
+    """Gradients of every input through both chunked loops, at a chunk size that leaves an
+    unfinished chunk (the fast loop hands it to the default one)."""
+    q, k, v, lr, mom, ret, w1, w2 = inputs(T=29, momentum=momentum, retain=retain)
+    grads = []
+    for fast in (False, True):
+        leaves = [None if x is None else x.clone().requires_grad_() for x in (q, k, v, lr, mom, ret, w1, w2)]
+        out, state = mlp_memory(*leaves[:6], state=MLPMemoryState.initial(leaves[6], leaves[7], B), chunk_size=8,
+                                fast=fast)
+        (out.sin().sum() + state.w2.pow(2).sum() + state.s1.sum()).backward()
+        grads.append([None if x is None else x.grad for x in leaves])
+    for g_default, g_fast in zip(*grads):
+        if g_default is not None:
+            assert g_default.abs().max() > 0
+            assert (g_fast - g_default).abs().max() < 1e-10

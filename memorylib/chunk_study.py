@@ -249,6 +249,7 @@ def load_chunked_benchmark(path) -> dict:
          "attention": {"seq_lens", "seconds": {...}, "extrapolated", "crossover": {method: {...}}},
          "state":     {"seq_lens", "bytes": {name: [bytes per length]}},
          "training":  {"tokens_per_s": {name: tokens/s or None}, "titans": {...}},
+         "rate":      {"size", "matmul_gflop_per_s", "seq_len", "delta_fast_gflop_per_s", ...} or None,
          "targets":   [{"target", "measured", "required", "verdict"}, ...]}
 
     Names are the chapter's ("MLP memory, chunk 16", "causal attention (SDPA)", ...)."""
@@ -274,12 +275,14 @@ def load_chunked_benchmark(path) -> dict:
     training = {"tokens_per_s": {_TRAINING[r["method"]].format(C=r.get("chunk_size")): r.get("tokens_per_s")
                                  for r in data["training"]["rows"] if r["method"] in _TRAINING},
                 "titans": data["training"].get("titans", {})}
+    lva = data["linear_vs_attention"]
+    rate = {**lva["delta_fast_rate"], "size": lva["matmul"]["size"]} if "delta_fast_rate" in lva else None
     machine = {"cpu": data.get("cpu_model", "unknown CPU"), "threads": data.get("threads"), "torch": data.get("torch"),
                "titans_pytorch": data.get("titans_pytorch"), "pinned": data.get("book_numeric_env"),
                "load_average_at_start": data.get("load_average_at_start")}
     return {"path": str(path), "command": data["command"].strip(), "date": data.get("date"), "config": data["config"],
             "machine": machine, "forward": forward, "attention": attention, "state": state, "training": training,
-            "targets": data["targets"]}
+            "targets": data["targets"], "rate": rate}
 
 
 def crossover(xs, baseline, contender) -> float | None:

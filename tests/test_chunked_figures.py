@@ -234,8 +234,13 @@ def test_the_committed_benchmark_loads_and_has_what_the_chapter_plots():
     assert {"linear memory, chunk 64", "delta rule, chunk 64", "causal attention (SDPA)"} <= set(att["seconds"])
     assert set(st["bytes"]) == {"KV cache (attention)", "delta rule state", "MLP memory state"}
     assert all(len(ys) == len(st["seq_lens"]) for ys in st["bytes"].values())
-    assert "memorylib, chunk 16" in bench["training"]["tokens_per_s"]
+    assert {"delta rule, chunk 64, fast form", "MLP memory, chunk 16, fast form",
+            "MLP memory, chunk 64, fast form"} <= set(fw["seconds"])
+    assert {"linear memory, chunk 64, fast form", "delta rule, chunk 64, fast form"} <= set(att["seconds"])
+    assert {"memorylib, chunk 16", "memorylib, chunk 16, fast form"} <= set(bench["training"]["tokens_per_s"])
     assert all({"target", "required", "verdict"} <= set(t) for t in bench["targets"])
+    assert 0 < bench["rate"]["share_of_matmul_rate"] < 1 and bench["rate"]["matmul_gflop_per_s"] > 0
+    assert bench["rate"]["size"] == 1024
 
 
 def test_the_benchmark_loader_rejects_missing_sections(tmp_path):

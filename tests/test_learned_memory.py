@@ -29,6 +29,26 @@ def test_chunked_model_equals_token_by_token_model_in_float64(name):
     assert (chunked - reference).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("name", NAMES + ["full_memory", "full_learned_keep"])
+def test_the_fast_forms_give_the_same_model_and_gradients_in_float64(name):
+    """``fast=True`` (an attribute, like ``chunk_size``) runs the fast chunked forms: the same
+    logits and parameter gradients as the default forms, in float64, at the default chunk size."""
+    torch.manual_seed(0)
+    model = build_model(name).double()
+    x = tokens(seq_len=45)
+    runs = []
+    for fast in (False, True):
+        model.fast = fast
+        model.zero_grad()
+        logits = model(x)
+        logits.logsumexp(-1).sum().backward()
+        runs.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = runs
+    assert (a - b).abs().max() < 1e-10
+    assert ga.keys() == gb.keys() and all((ga[n] - gb[n]).abs().max() < 1e-9 for n in ga)
+    assert build_model(name, fast=True).fast
+
+
 @pytest.mark.parametrize("name", ["mlp_memory", "titans_memory"])
 def test_mlp_chunks_are_an_approximation_of_the_model(name):
     torch.manual_seed(0)

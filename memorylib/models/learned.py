@@ -47,7 +47,10 @@ class LearnedMemoryModel(MemoryModel):
     ``momentum=True`` (MLP only) adds a learned momentum ``eta_t = sigmoid(.)``.
 
     ``chunk_size`` is a plain attribute (chapter 6's slider); ``reference=True`` runs the
-    token-by-token form instead of the chunked one. ``model(tokens, return_trace=True)`` gives
+    token-by-token form instead of the chunked one; ``fast=True`` (also a plain attribute) runs the
+    chunked forms with the fewest operations per chunk (``delta_rule(..., fast=True)``,
+    ``mlp_memory(..., fast=True)``: the same numbers in exact arithmetic, not the same last bits in
+    float32, so the book's recorded models run with the default, False). ``model(tokens, return_trace=True)`` gives
     ``(logits, trace)`` with per-head ``lr``, ``retain``, ``momentum`` (each (batch, heads,
     seq_len), or None) and ``reads``.
     """
@@ -55,7 +58,8 @@ class LearnedMemoryModel(MemoryModel):
     def __init__(self, vocab_size: int | None = None, d_model: int = 64, num_layers: int = 1,
                  num_heads: int = 4, window: int = DEFAULT_WINDOW, kind: str = "delta", memory_heads: int = 1,
                  key_dim: int = 32, value_dim: int = 32, hidden: int = 32, forget: bool = False,
-                 momentum: bool = False, max_lr: float = 0.1, chunk_size: int = 16, reference: bool = False):
+                 momentum: bool = False, max_lr: float = 0.1, chunk_size: int = 16, reference: bool = False,
+                 fast: bool = False):
         if window is None:
             raise ValueError("a memory model needs an int window >= 1 for its local attention")
         super().__init__(vocab_size, d_model, num_layers, num_heads, window)
@@ -68,7 +72,7 @@ class LearnedMemoryModel(MemoryModel):
         check_number("max_lr", max_lr, 0, low_open=True)
         self.kind, self.memory_heads, self.key_dim, self.value_dim = kind, memory_heads, key_dim, value_dim
         self.forget, self.use_momentum, self.max_lr = bool(forget), bool(momentum), float(max_lr)
-        self.chunk_size, self.reference = chunk_size, bool(reference)
+        self.chunk_size, self.reference, self.fast = chunk_size, bool(reference), bool(fast)
         H = memory_heads
         self.qkv = nn.Linear(d_model, H * (2 * key_dim + value_dim))
         self.gates = nn.Linear(d_model, 3 * H)          # learning rate, retention, momentum logits
@@ -99,11 +103,11 @@ class LearnedMemoryModel(MemoryModel):
             args = (x["q"], x["k"], x["v"], x["lr"], x["momentum"], x["retain"])
             if self.reference:
                 return mlp_memory_reference(*args, state=state)
-            return mlp_memory(*args, state=state, chunk_size=self.chunk_size)
+            return mlp_memory(*args, state=state, chunk_size=self.chunk_size, fast=self.fast)
         args = (x["q"], x["k"], x["v"], x["lr"], x["retain"], state)
         if self.reference:
             return delta_rule_reference(*args, erase=self.kind == "delta")
-        return delta_rule(*args, chunk_size=self.chunk_size, erase=self.kind == "delta")
+        return delta_rule(*args, chunk_size=self.chunk_size, erase=self.kind == "delta", fast=self.fast)
 
     def fuse_memory(self, h: torch.Tensor, reads: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """The read-out's activations (:meth:`~memorylib.models.base.MemoryModel.fuse_reads`) from

@@ -214,8 +214,9 @@ def _fast_chunks(qs, ks, vs, g: dict, coef_qk, w1, w2, s1, s2):
     every factor present. Each layer's weight and momentum are kept side by side, ``[W1 | S1]``
     (hidden x 2 key_dim) and ``[W2 | S2]`` (value_dim x 2 hidden), so one product reads both, and
     everything that depends on the gates and inputs only (``[A q | b q]``, ``-[c k | m k]``) is
-    built for all chunks before the loop. Each chunk is then 20 direct batched products and fused
-    multiply-adds on ``(B H, ., .)`` tensors. The same algebra as :func:`_chunk`."""
+    built for all chunks before the loop. Each chunk is then 10 batched products (``bmm``,
+    ``baddbmm``) and a dozen element-wise operations, fused multiply-adds where they fit, on
+    ``(B H, ., .)`` tensors. The same algebra as :func:`_chunk`."""
     B, H, N, C, Dk = ks.shape
     hidden = w1.shape[-2]
 

@@ -45,7 +45,7 @@ from memorylib.files import atomic_write_text, locked  # noqa: E402
 from memorylib.floors import keyless_floor  # noqa: E402
 from memorylib.knobs import sidecar_capacity  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
-from memorylib.training import evaluate  # noqa: E402
+from memorylib.training import TrainingDiverged, evaluate  # noqa: E402
 
 OUT = ROOT / "book/results/ch07_frontier.json"
 CKPT = ROOT / "book/results/ch07_frontier"
@@ -124,7 +124,15 @@ def train_point(family: str, size, seed: int, lr: float, recipe: dict, command: 
     name = FAMILIES[family][0]
     label, kwargs = point_label(family, size), point_kwargs(family, size)
     path = checkpoint_file(label, seed, lr)
-    _, fit, seconds, validation = nf.train_and_save(name, kwargs, label, seed, lr, recipe, path)
+    start = time.perf_counter()
+    try:
+        _, fit, seconds, validation = nf.train_and_save(name, kwargs, label, seed, lr, recipe, path)
+    except TrainingDiverged as err:
+        seconds = time.perf_counter() - start
+        row = nf.diverged_row(label, seed, lr, err, seconds, family=family, size=size)
+        update(OUT, lambda record: record["train_rows"].append(row), seconds, command)
+        print(f"{label} seed {seed} lr {lr:g}: {err}", flush=True)
+        return
     row = {"model": label, "family": family, "size": size, "seed": seed, "lr": lr, "history": fit["history"],
            "validation": validation, "validation_mean": round(sum(validation) / len(validation), 4),
            "train_seconds": round(seconds, 1), "checkpoint": path.name}
@@ -183,14 +191,23 @@ def main(argv: list[str]) -> int:
                 tuned = nf.chosen_lr(record, point_label(family, middle(family)))
                 rates = nf.LR_GRID if seed == 0 and size == middle(family) else [tuned]
                 if None in rates:
-                    print(f"{label} seed {seed}: waits for seed 0's tuning at the middle size", flush=True)
+                    tuning = point_label(family, middle(family))
+                    tuned_all = {r["lr"] for r in record["train_rows"]
+                                 if r["model"] == tuning and r["seed"] == 0} >= set(nf.LR_GRID)
+                    print(f"{label} seed {seed}: " + ("every rate of the grid diverged at the middle size" if tuned_all
+                                                      else "waits for seed 0's tuning at the middle size"), flush=True)
                     continue
                 done = {(r["seed"], r["lr"]) for r in record["train_rows"] if r["model"] == label}
                 for lr in rates:
                     if (seed, lr) not in done:
                         train_point(family, size, seed, lr, recipe, command)
-                lr = nf.chosen_lr(read_record(OUT), point_label(family, middle(family)))
-                if any(r["model"] == label and r["seed"] == seed for r in read_record(OUT)["points"]):
+                record = read_record(OUT)
+                lr = nf.chosen_lr(record, point_label(family, middle(family)))
+                if any(r["model"] == label and r["seed"] == seed for r in record["points"]):
+                    continue
+                if any(r["model"] == label and r["seed"] == seed and r["lr"] == lr and r.get("diverged")
+                       for r in record["train_rows"]):
+                    print(f"{label} seed {seed}: training diverged at the chosen rate {lr:g}; no point", flush=True)
                     continue
                 model = load_model(checkpoint_file(label, seed, lr))[0]
                 measure(model, label, family, size, seed, lr, command, num_examples)

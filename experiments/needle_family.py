@@ -41,7 +41,7 @@ from memorylib.files import atomic_write_text, locked  # noqa: E402
 from memorylib.needles import CONTROLS, stream_family  # noqa: E402
 from memorylib.registry import build_model, build_task  # noqa: E402
 from memorylib.tasks import TaskMixture  # noqa: E402
-from memorylib.training import evaluate, train  # noqa: E402
+from memorylib.training import TrainingDiverged, evaluate, train  # noqa: E402
 
 OUT = ROOT / "book/results/ch07_family.json"
 CKPT = ROOT / "book/results/ch07_family"
@@ -135,11 +135,21 @@ def add(out: pathlib.Path, key: str, row: dict, seconds: float, command: str) ->
 
 def chosen_lr(record: dict, label: str) -> float | None:
     """The rate with the best mean validation accuracy among seed 0's tuning runs (None until all
-    of the grid has run); ties go to the smaller rate."""
+    of the grid has run, or when every rate diverged); ties go to the smaller rate; a rate whose
+    training diverged is never chosen."""
     runs = {r["lr"]: r for r in record["train_rows"] if r["model"] == label and r["seed"] == 0}
     if set(runs) != set(LR_GRID):
         return None
-    return max(LR_GRID, key=lambda lr: (runs[lr]["validation_mean"], -lr))
+    trained = [lr for lr in LR_GRID if not runs[lr].get("diverged")]
+    return max(trained, key=lambda lr: (runs[lr]["validation_mean"], -lr)) if trained else None
+
+
+def diverged_row(label: str, seed: int, lr: float, err: TrainingDiverged, seconds: float, **extra) -> dict:
+    """The training row of a run whose loss stopped being finite: recorded with its step and loss,
+    never with a score (:func:`chosen_lr` never picks its rate)."""
+    return {"model": label, "seed": seed, "lr": lr, "diverged": {"step": err.step, "loss": str(err.loss)},
+            "history": None, "validation": None, "validation_mean": None, "train_seconds": round(seconds, 1),
+            "checkpoint": None, **extra}
 
 
 def train_and_save(name: str, kwargs: dict, label: str, seed: int, lr: float, recipe: dict, path: pathlib.Path):
@@ -163,7 +173,14 @@ def train_and_save(name: str, kwargs: dict, label: str, seed: int, lr: float, re
 def train_one(label: str, seed: int, lr: float, recipe: dict, out: pathlib.Path, command: str) -> None:
     name, kwargs = MODELS[label]
     path = checkpoint_file(label, seed, lr)
-    model, fit, seconds, validation = train_and_save(name, kwargs, label, seed, lr, recipe, path)
+    start = time.perf_counter()
+    try:
+        model, fit, seconds, validation = train_and_save(name, kwargs, label, seed, lr, recipe, path)
+    except TrainingDiverged as err:
+        seconds = time.perf_counter() - start
+        add(out, "train_rows", diverged_row(label, seed, lr, err, seconds, held_out=None), seconds, command)
+        print(f"{label} seed {seed} lr {lr:g}: {err}", flush=True)
+        return
     held_out = [evaluate(model, t, num_examples=512, seed=seed)["accuracy"] for t in training_task().tasks]
     row = {"model": label, "seed": seed, "lr": lr, "history": fit["history"], "validation": validation,
            "validation_mean": round(sum(validation) / len(validation), 4), "held_out": held_out,
@@ -238,9 +255,13 @@ def main(argv: list[str]) -> int:
                 for seed in args.seeds:
                     record = read_record(OUT)
                     lr = chosen_lr(record, label)
-                    if lr is None or not any(r["model"] == label and r["seed"] == seed and r["lr"] == lr
-                                             for r in record["train_rows"]):
+                    mine = [r for r in record["train_rows"] if r["model"] == label and r["seed"] == seed
+                            and r["lr"] == lr]
+                    if lr is None or not mine:
                         print(f"{label} seed {seed}: not trained yet", flush=True)
+                        continue
+                    if mine[0].get("diverged"):
+                        print(f"{label} seed {seed}: training diverged at the chosen rate {lr:g}", flush=True)
                         continue
                     if (label, seed) not in models:
                         models[label, seed] = load_model(checkpoint_file(label, seed, lr))[0]

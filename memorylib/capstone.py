@@ -25,6 +25,7 @@ from .experiments import run
 from .files import atomic_write, atomic_write_text, locked
 from .registry import build_task
 from .stats import describe
+from .training import TrainingDiverged
 
 LOOKUP_SHORT = ("associative_lookup", dict(seq_len=48, num_pairs=4, num_queries=4, min_distance=18))
 CHANGING_SHORT = ("changing_facts", dict(seq_len=84, num_active_keys=3, updates_per_phase=6,
@@ -186,15 +187,28 @@ def summary_table(rows: list[dict], eval_name: str = "default") -> dict:
     extrapolation, every factor (``"length_extrapolation x4"``); with ``eval_name="train"``, the
     accuracy on each task's own training distribution."""
     values: dict = {}
+    names = {(r["model"], r["task"]): list(r["eval"]) for r in rows if r.get("eval")}
+    diverged: dict = {}
     for r in selected(rows):
-        for name, res in r["eval"].items():
+        for name in names.get((r["model"], r["task"]), []):
             if name == eval_name:
                 label = r["task"]
             else:
                 label = f"length_extrapolation {name}" if name.startswith("x") and eval_name == "default" else None
             if label is not None:
-                values.setdefault(r["model"], {}).setdefault(label, []).append(res["accuracy"])
-    return {model: {task: describe(vals) for task, vals in by_task.items()} for model, by_task in values.items()}
+                values.setdefault(r["model"], {}).setdefault(label, []).append(accuracy(r, name))
+                if r.get("diverged"):
+                    diverged.setdefault(r["model"], {}).setdefault(label, 0)
+                    diverged[r["model"]][label] += 1
+    return {model: {task: {**describe(vals), "diverged": diverged.get(model, {}).get(task, 0)}
+                    for task, vals in by_task.items()} for model, by_task in values.items()}
+
+
+def accuracy(row: dict, eval_name: str = "default") -> float:
+    """A row's held-out accuracy on ``eval_name``; 0.0 for a run whose training diverged (it
+    answers nothing: ranked below every run that trained, and flagged as ``diverged`` wherever it
+    is counted)."""
+    return 0.0 if row.get("diverged") else row["eval"][eval_name]["accuracy"]
 
 
 def checkpoint_path(out: Path, model: str, task: str) -> Path:
@@ -212,7 +226,7 @@ def _keep_median(out: Path, record: dict, model: str, task: str, spec: dict) -> 
     rows = [r for r in selected(record["rows"]) if r["model"] == model and r["task"] == task]
     if len(rows) < len(spec["seeds"]):
         return
-    rows.sort(key=lambda r: (r["eval"]["default"]["accuracy"], r["seed"]))
+    rows.sort(key=lambda r: (accuracy(r), r["seed"]))
     median = rows[(len(rows) - 1) // 2]
     staged = _staged_path(out, model, task, median["seed"])
     if not staged.exists():
@@ -276,16 +290,28 @@ def floors(spec: dict, num_examples: int | None = None) -> dict:
 
 def chosen_rate(rows: list[dict], spec: dict, model: str, task: str) -> float | None:
     """The learning rate of ``model`` on ``task`` with the best mean validation accuracy (on the
-    evaluation ``spec["tune_on"]``) over the tuning seeds; a tie goes to the smaller rate. None
-    until every rate of the grid has run with every tuning seed."""
+    evaluation ``spec["tune_on"]``) over the tuning seeds; a tie goes to the smaller rate. A rate
+    at which a tuning run diverged is never chosen. None until every rate of the grid has run with
+    every tuning seed, and None when every rate diverged (:func:`diverged_everywhere`)."""
     scores = {}
     for lr in spec["lr_grid"]:
         runs = [r for r in rows if r["model"] == model and r["task"] == task and r["lr"] == lr
                 and r["seed"] in spec["tune_seeds"]]
         if len(runs) < len(spec["tune_seeds"]):
             return None
+        if any(r.get("diverged") for r in runs):
+            continue
         scores[lr] = sum(r["validation"][spec["tune_on"]]["accuracy"] for r in runs) / len(runs)
-    return max(sorted(scores), key=lambda lr: (scores[lr], -lr))
+    return max(sorted(scores), key=lambda lr: (scores[lr], -lr)) if scores else None
+
+
+def diverged_everywhere(rows: list[dict], spec: dict, model: str, task: str) -> bool:
+    """True when every rate of the grid has run with the tuning seeds and each diverged at least
+    once: ``model`` cannot be trained on ``task`` with the sweep's recipe."""
+    runs = [r for r in rows if r["model"] == model and r["task"] == task and r["seed"] in spec["tune_seeds"]]
+    tried = {r["lr"] for r in runs}
+    return tried >= set(spec["lr_grid"]) and all(any(r.get("diverged") for r in runs if r["lr"] == lr)
+                                                  for lr in spec["lr_grid"])
 
 
 def _plan(spec: dict, record: dict, models, tasks, seeds) -> list[tuple]:
@@ -376,13 +402,21 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
         train_task, evals = _evaluations(spec, task_name)
         start = time.perf_counter()
         validation = {spec["tune_on"]: evals[spec["tune_on"]]} if tuning else None
-        result, net = run(name, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"], lr=lr,
-                          warmup=spec["warmup"], model_kwargs=kwargs, eval_tasks=evals,
-                          num_examples=spec["num_examples"], progress=progress, return_model=True,
-                          validation_tasks=validation)
+        try:
+            result, net = run(name, train_task, seed=seed, steps=spec["steps"], batch_size=spec["batch_size"],
+                              lr=lr, warmup=spec["warmup"], model_kwargs=kwargs, eval_tasks=evals,
+                              num_examples=spec["num_examples"], progress=progress, return_model=True,
+                              validation_tasks=validation)
+        except TrainingDiverged as err:
+            # a rate the grid offers may be too large for a model: recorded as diverged (with the
+            # step and the loss), never as a score; the rate is then never chosen
+            result, net = {"model_kwargs": dict(kwargs), "seed": seed, "steps": spec["steps"],
+                           "batch_size": spec["batch_size"], "lr": lr, "history": None, "eval": None,
+                           "pretrain_history": None, "diverged": {"step": err.step, "loss": str(err.loss)},
+                           **({"validation": None} if tuning else {})}, None
         result.update(model=label, registry_model=name, task=task_name, train_task=train_task.config(),
                       seconds=round(time.perf_counter() - start, 1))
-        if label in keep.get("models", []) and task_name in keep.get("tasks", []):
+        if net is not None and label in keep.get("models", []) and task_name in keep.get("tasks", []):
             staged = _staged_path(out, label, task_name, seed)
             staged.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(staged, model=name, model_kwargs=kwargs, task=entry["train"][0],
@@ -402,6 +436,10 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
                 record["table_trained"] = summary_table(record["rows"], "train")
             # atomic: a stopped sweep never leaves half a file; strict JSON: a NaN is an error
             atomic_write_text(out, json.dumps(record, indent=1, allow_nan=False) + "\n")
+        if result.get("diverged"):
+            log(f"{label:20s} {task_name:20s} seed {seed} (lr {lr:g}): training diverged at step "
+                f"{result['diverged']['step']}  ({result['seconds']} s)")
+            continue
         acc = result["eval"]["default"]["accuracy"]
         how = f"lr {lr:g}" + (f", validation {result['validation'][spec['tune_on']]['accuracy']:.3f}" if tuning else "")
         log(f"{label:20s} {task_name:20s} seed {seed} ({how}): default {acc:.3f}  ({result['seconds']} s)")
@@ -415,21 +453,26 @@ def compare(record: dict, pairs: list[tuple[str, str]], task: str, eval_name: st
     every-seed rule (every seed of one above every seed of the other), the two-sided rank-sum test
     (:func:`memorylib.stats.rank_sum_test`) and its Holm-adjusted p-value over all the pairs. A
     pair is ``"separated"`` only when both the every-seed rule and the adjusted test (at
-    ``level``) say so; otherwise ``"not separated"``, a negative result to be stated as such."""
+    ``level``) say so; otherwise ``"not separated"``, a negative result to be stated as such. A
+    seed whose training diverged counts as 0.0 (:func:`accuracy`), and ``a_diverged`` /
+    ``b_diverged`` say how many did."""
     from .stats import holm, rank_sum_test
 
-    def values(model):
+    def rows_of(model):
         rows = sorted((r for r in selected(record["rows"]) if r["model"] == model and r["task"] == task),
                       key=lambda r: r["seed"])
         if not rows:
             raise ValueError(f"no rows of {model!r} on {task!r} in the record")
-        return [r["eval"][eval_name]["accuracy"] for r in rows]
+        return rows
 
     out = []
     for a, b in pairs:
-        va, vb = values(a), values(b)
+        ra, rb = rows_of(a), rows_of(b)
+        va, vb = [accuracy(r, eval_name) for r in ra], [accuracy(r, eval_name) for r in rb]
         every = "a" if min(va) > max(vb) else "b" if min(vb) > max(va) else None
         out.append({"a": a, "b": b, "task": task, "a_values": va, "b_values": vb,
+                    "a_diverged": sum(bool(r.get("diverged")) for r in ra),
+                    "b_diverged": sum(bool(r.get("diverged")) for r in rb),
                     "a_mean": round(sum(va) / len(va), 4), "b_mean": round(sum(vb) / len(vb), 4),
                     "every_seed": every, "p": rank_sum_test(va, vb)})
     for row, adjusted in zip(out, holm([r["p"] for r in out])):

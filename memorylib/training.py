@@ -38,6 +38,17 @@ def answer_accuracy(logits: torch.Tensor, batch: Batch) -> float:
     return float((logits.argmax(-1)[mask] == batch.targets[mask]).float().mean())
 
 
+class TrainingDiverged(ValueError):
+    """Training stopped because the loss was not finite: ``step``, ``loss`` (a float: nan or inf)
+    and ``lr``. A ``ValueError``, so a caller that does not expect it sees a plain error; a sweep
+    that tunes the learning rate catches it and records the rate as diverged (never as a score)."""
+
+    def __init__(self, step: int, loss: float, lr: float):
+        super().__init__(f"training diverged at step {step}: the loss is {loss} (lr={lr}); "
+                         "try a smaller learning rate")
+        self.step, self.loss, self.lr = step, loss, lr
+
+
 def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 32, lr: float = 5e-3,
           weight_decay: float = 0.01, clip: float = 1.0, warmup: int = 50, seed: int = 0,
           log_every: int = 10, progress: bool = True, desc: str | None = None,
@@ -47,8 +58,9 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
     Returns ``{"steps", "batch_size", "lr", "seed", "history": {"step", "loss", "accuracy"}}``
     where history holds the training-batch answer loss and accuracy every ``log_every`` steps.
     A model with an ``auxiliary_loss()`` method (chapter 2: the slot-utilization loss) has it
-    added to the loss it is trained on. A loss that is not finite stops training with a
-    ``ValueError`` that names the step: a diverged run is an error, never a result.
+    added to the loss it is trained on. A loss that is not finite stops training with
+    :class:`TrainingDiverged` (a ``ValueError``) that names the step: a diverged run is an error,
+    never a result.
     ``monitor(model, batch) -> {name: number}`` (optional) is
     called at every logged step after the update, and its numbers are added to the history.
     """
@@ -83,8 +95,7 @@ def train(model: torch.nn.Module, task, *, steps: int = 500, batch_size: int = 3
         aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else 0.0
         total = loss + aux
         if not bool(torch.isfinite(total)):
-            raise ValueError(f"training diverged at step {step}: the loss is {float(total.detach())} "
-                             f"(lr={lr}); try a smaller learning rate")
+            raise TrainingDiverged(step, float(total.detach()), lr)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -23,7 +23,8 @@ def test_summary_table_means_and_sample_spread_over_seeds():
     lookup = t["m"]["associative_lookup"]
     assert (lookup["mean"], lookup["std"], lookup["n"], lookup["values"]) == (0.6, 0.1, 3, [0.5, 0.7, 0.6])
     assert t["m"]["length_extrapolation x8"]["mean"] == 0.45 and "train" not in t["m"]
-    assert t["n"] == {"needle_recall": {"mean": 0.25, "std": 0.0, "min": 0.25, "max": 0.25, "n": 1, "values": [0.25]}}
+    assert t["n"] == {"needle_recall": {"mean": 0.25, "std": 0.0, "min": 0.25, "max": 0.25, "n": 1, "values": [0.25],
+                                        "diverged": 0}}
 
 
 def test_capstone_figure_marks_missing_cells_and_lists_seeds():

@@ -433,6 +433,50 @@ def test_matched_sweep_tunes_the_rate_on_validation_and_reports_the_chosen_rows(
     assert "15 rows done, 0 to run" in capsys.readouterr().out
 
 
+def test_a_rate_that_diverges_is_recorded_never_chosen_and_counted_as_zero(tmp_path, monkeypatch, capsys):
+    """A learning rate of the grid at which training diverges is recorded as diverged (with its
+    step), not as a score, and never chosen; when every rate diverges, nothing is chosen and the
+    sweep still finishes; a seed that diverges at the chosen rate counts 0.0 and is flagged."""
+    import memorylib.capstone as capstone
+    from memorylib.training import TrainingDiverged
+
+    real_run = capstone.run
+
+    def run(name, task, *, seed, lr, **kwargs):
+        if lr == 1e-2 or (name == "local_transformer" and (seed == 1 or lr == 3e-3)):
+            raise TrainingDiverged(3, float("nan"), lr)
+        return real_run(name, task, seed=seed, lr=lr, **kwargs)
+
+    monkeypatch.setattr(capstone, "run", run)
+    out = tmp_path / "matched.json"
+    assert main(["sweep", "--preset", "reduced-matched", "--out", str(out)]) == 0
+    assert "training diverged at step 3" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    rows = record["rows"]
+    spec = capstone.REDUCED_MATCHED
+    for task in ("associative_lookup", "needle_markov"):
+        # full_memory: 1e-2 diverged, so 3e-3 is chosen whatever the validation says
+        assert capstone.chosen_rate(rows, spec, "full_memory", task) == 3e-3
+        bad = next(r for r in rows if (r["model"], r["task"], r["lr"]) == ("full_memory", task, 1e-2))
+        assert bad["diverged"] == {"step": 3, "loss": "nan"} and bad["eval"] is None and not bad["selected"]
+        # local_transformer: every rate diverged; nothing chosen, no seed 1 run, no table entry
+        assert capstone.chosen_rate(rows, spec, "local_transformer", task) is None
+        assert capstone.diverged_everywhere(rows, spec, "local_transformer", task)
+        assert not capstone.diverged_everywhere(rows, spec, "full_memory", task)
+        assert {r["seed"] for r in rows if (r["model"], r["task"]) == ("local_transformer", task)} == {0}
+    assert "local_transformer" not in record["table"]
+    assert record["table"]["full_memory"]["needle_markov"]["diverged"] == 0
+    # a seed that diverges at the chosen rate: 0.0, flagged, ranked last
+    ok = next(r for r in capstone.selected(rows) if r["model"] == "full_memory" and r["task"] == "needle_markov")
+    broken = {**ok, "seed": 7, "diverged": {"step": 1, "loss": "inf"}, "eval": None}
+    table = capstone.summary_table([*rows, broken])["full_memory"]["needle_markov"]
+    assert table["diverged"] == 1 and 0.0 in table["values"] and table["n"] == 3
+    verdict = capstone.compare({"rows": [*rows, broken]}, [("full_memory", "full_rank_recency")], "associative_lookup")
+    assert verdict[0]["a_diverged"] == 0
+    verdict = capstone.compare({"rows": [*rows, broken]}, [("full_memory", "full_memory")], "needle_markov")
+    assert verdict[0]["a_diverged"] == 1 and min(verdict[0]["a_values"]) == 0.0
+
+
 def test_two_sweep_processes_share_one_results_file(tmp_path):
     out = tmp_path / "shared.json"
     procs = [subprocess.Popen([sys.executable, "-m", "memorylib", "sweep", "--preset", "reduced", "--out", str(out),

@@ -28,7 +28,7 @@ from memorylib import reproducible  # noqa: E402  (no torch import)
 
 reproducible.apply()      # the book's thread count, before torch loads
 
-from memorylib.capstone import MATCHED, chosen_rate  # noqa: E402
+from memorylib.capstone import MATCHED, chosen_rate, diverged_everywhere  # noqa: E402
 from memorylib.cli import check_output  # noqa: E402
 from memorylib.continual import forgetting_curves, joint_training  # noqa: E402
 from memorylib.files import atomic_write_text  # noqa: E402
@@ -51,6 +51,10 @@ def phase_rates(record: dict, model: str, fallback: float | None = None) -> dict
     missing = [t for t, r in rates.items() if r is None]
     if missing and fallback is not None:
         return {t: fallback if r is None else r for t, r in rates.items()}
+    failed = [t for t in missing if diverged_everywhere(record["rows"], MATCHED, model, t)]
+    if failed:
+        raise SystemExit(f"{model} diverged at every rate of the matched sweep's grid on {failed}: it has no tuned "
+                         "rate there, so it cannot be run in continual learning with this recipe")
     if missing:
         raise SystemExit(f"the matched sweep ({SWEEP.relative_to(ROOT)}) has not tuned {model} on {missing} yet; "
                          "run it first (memorylib sweep --preset matched)")

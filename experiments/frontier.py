@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -175,7 +176,7 @@ def main(argv: list[str]) -> int:
         OUT, CKPT, num_examples = pathlib.Path("/tmp/frontier_quick.json"), pathlib.Path("/tmp/frontier_quick"), 64
         recipe["steps"] = 20
     CKPT.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/frontier.py " + " ".join(argv)
+    command = shlex.join(["python", "experiments/frontier.py", *argv])
     if not read_record(OUT)["floors"]:
         floors = {key: keyless_floor(task, num_examples=num_examples, seed=0) for key, task in eval_tasks().items()}
         update(OUT, lambda record: record.update(floors=floors), 0.0, command)

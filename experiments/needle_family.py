@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -230,7 +231,7 @@ def main(argv: list[str]) -> int:
         OUT, CKPT, TRIALS = pathlib.Path("/tmp/needle_family_quick.json"), pathlib.Path("/tmp/needle_family_quick"), 20
         recipe["steps"] = 30
     CKPT.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/needle_family.py " + " ".join(argv)
+    command = shlex.join(["python", "experiments/needle_family.py", *argv])
     if args.stage in ("train", "all"):
         for label in labels:
             for seed in args.seeds:

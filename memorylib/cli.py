@@ -752,61 +752,214 @@ def _demo(args, argv: list) -> int:
 
 # --- stream -----------------------------------------------------------------------------------
 
+STREAM_WIDTH = 88       # stream prints no line longer than this (a path given on the command line aside)
+# what each variant of the needle family runs with when --needles, --queries, --distractors are not
+# given: chapter 7's cells (experiments/needle_family.py); multi_query asks every needle
+FAMILY_DEFAULTS = {"single": {"num_needles": 1}, "multi_key": {"num_needles": 8},
+                   "multi_query": {"num_needles": 8}, "multi_value": {"num_needles": 4, "num_distractors": 3},
+                   "update": {"num_needles": 4}}
+# stream_family's argument names as the options that set them, for its error messages
+FAMILY_FLAGS = {"num_needles": "--needles", "num_queries": "--queries", "num_distractors": "--distractors",
+                "seq_len": "--length", "variant": "--variant", "haystack": "--haystack", "control": "--control",
+                "num_depths": "--depths", "piece": "--piece", "batch_size": "--batch-size", "trials": "--trials"}
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+
 
 def _stream_arguments(p) -> None:
     _add_model_source(p)
-    p.add_argument("--length", type=_int_at_least(150), required=True, metavar="TOKENS",
-                   help="tokens per stream, e.g. 262144")
+    p.add_argument("--variant", default="single", metavar="NAME",
+                   help="single (default), multi_key, multi_query, multi_value or update")
+    p.add_argument("--needles", type=_int, metavar="N",
+                   help="needles (multi_value: values per key; default 8 for multi_key and multi_query, "
+                        "4 for multi_value and update, 1 for single)")
+    p.add_argument("--queries", type=_int, metavar="N",
+                   help="multi_query: needles asked in turn (default: every one)")
+    p.add_argument("--distractors", type=_int, metavar="N",
+                   help="multi_value: keys besides the asked one, each with as many values (default 3)")
+    p.add_argument("--haystack", default="random", metavar="KIND",
+                   help="random (default: uniform filler tokens) or markov (each token one of two successors)")
+    p.add_argument("--control", metavar="KIND",
+                   help="a leakage control: removed (the first asked needle gone) or shuffled (it carries "
+                        "a value no needle has)")
+    p.add_argument("--length", type=_int, required=True, metavar="TOKENS", help="tokens per stream, e.g. 262144")
     p.add_argument("--trials", type=_int_at_least(1), default=200, metavar="N", help="streams (default 200)")
-    p.add_argument("--mode", default="needle", metavar="MODE",
-                   help="needle (default), or a leakage control: removed, shuffled, other_key")
-    p.add_argument("--filler", default="predictable", metavar="KIND", help="predictable (default) or random")
     p.add_argument("--depths", type=_int_at_least(2), default=10, metavar="N",
-                   help="needle depths spread evenly over the stream (default 10)")
-    p.add_argument("--piece", type=_int_at_least(1), default=64, metavar="TOKENS",
-                   help="tokens fed per call (default 64)")
-    p.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), default=100, metavar="N",
-                   help="streams run side by side (default 100)")
+                   help="equal bins of the asked needle's depth in the by-depth accuracy (default 10)")
+    p.add_argument("--piece", type=_int_at_least(1), default=256, metavar="TOKENS",
+                   help="tokens fed per call (default 256)")
+    p.add_argument("--batch-size", type=_int_in(1, MAX_BATCH), default=50, metavar="N",
+                   help="streams run side by side (default 50)")
     p.add_argument("--seed", type=_int_at_least(0), metavar="N", help="stream seed (default 0)")
     p.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
     p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a stream result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _stream(args, argv: list) -> int:
-    """Needle accuracy on long streams fed piece by piece with a carried state of constant size."""
-    from .streaming import STREAM_MODES, stream_needle
+def _family_error(err: ValueError) -> CLIError:
+    """The needle family's ValueError with its argument names as the options that set them."""
+    text = re.sub(r"\b(" + "|".join(k for k in FAMILY_FLAGS if "_" in k) + r")\b",
+                  lambda m: FAMILY_FLAGS[m.group(1)], str(err))
+    text = re.sub(r"\A(" + "|".join(k for k in FAMILY_FLAGS if "_" not in k) + r") must\b",
+                  lambda m: FAMILY_FLAGS[m.group(1)] + " must", text)
+    return CLIError(text)
 
-    if args.mode not in STREAM_MODES:
-        raise CLIError(f"--mode must be one of {', '.join(STREAM_MODES)}, got {args.mode!r}")
-    if args.filler not in ("predictable", "random"):
-        raise CLIError(f"--filler must be predictable or random, got {args.filler!r}")
+
+def _check_family(args, kwargs: dict) -> None:
+    """Every option of the stream checked on one short stream before any work; a stream too short
+    for its needles is told the shortest length that holds them."""
+    from .needles import NeedleFamilyStream
+    from .tasks import MAX_STREAM_LEN
+
+    def fits(length: int) -> bool:
+        try:
+            NeedleFamilyStream(args.variant, length, 1, haystack=args.haystack, control=args.control, **kwargs)
+        except ValueError as err:
+            if "too short" in str(err):
+                return False
+            raise _family_error(err) from None
+        return True
+
+    if fits(args.length):
+        return
+    lo, hi = args.length, min(MAX_STREAM_LEN, 2 * args.length)
+    while not fits(hi):
+        if hi == MAX_STREAM_LEN:
+            raise CLIError(f"no --length up to {MAX_STREAM_LEN} holds {args.variant} ({_what(args, kwargs)})")
+        lo, hi = hi, min(MAX_STREAM_LEN, 2 * hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    raise CLIError(f"--length {args.length} is too short for {args.variant} ({_what(args, kwargs)}); the "
+                   f"shortest --length for these options is {hi}")
+
+
+def _family_kwargs(args) -> dict:
+    """stream_family's needles, queries and distractors: the options given, else the variant's defaults."""
+    if args.queries is not None and args.variant != "multi_query":
+        raise CLIError(f"--queries applies to multi_query only (the other variants ask a fixed number of "
+                       f"questions), got --queries {args.queries} with --variant {args.variant}")
+    kwargs = dict(FAMILY_DEFAULTS.get(args.variant, {}))
+    for key, given in (("num_needles", args.needles), ("num_distractors", args.distractors)):
+        if given is not None:
+            kwargs[key] = given
+    if args.variant == "multi_query":
+        kwargs["num_queries"] = args.queries if args.queries is not None else kwargs["num_needles"]
+    return kwargs
+
+
+def _streaming_models() -> list[str]:
+    """The registered models that can stream (a ``stream`` method), each built with its defaults."""
+    from . import registry
+
+    names = []
+    for name in registry.model_names():
+        try:
+            model = registry.build_model(name)
+        except (TypeError, ValueError):
+            continue
+        if hasattr(model, "stream"):
+            names.append(name)
+    return names
+
+
+def _what(args, kwargs: dict) -> str:
+    n, d = kwargs.get("num_needles", 1), kwargs.get("num_distractors", 0)
+    return {"single": "one needle, asked once", "multi_key": f"{n} needles, one asked",
+            "multi_query": f"{n} needles, {kwargs.get('num_queries')} of them asked in turn",
+            "multi_value": f"{1 + d} keys with {n} values each, one key asked ({d} distractors)",
+            "update": f"{n} keys, each stated and then updated, one asked"}[args.variant]
+
+
+def _setup(args, kwargs: dict) -> list[str]:
+    lines = [f"{args.variant}: {_what(args, kwargs)}",
+             f"{args.length:,} tokens a stream, {args.haystack} haystack, {args.trials} streams"]
+    if args.control:
+        lines.append(f"leakage control: {args.control} (the first asked needle " + (
+            "is not in the stream)" if args.control == "removed" else "carries a value no needle has)"))
+    return lines
+
+
+def _depth_rows(by_depth: dict) -> list[str]:
+    """The by-depth accuracy as rows of bins (centre, streams, accuracy), as many bins a row as fit."""
+    cells = [(f"{d:.2f}", str(n), f"{a:.2f}")
+             for d, n, a in zip(by_depth["depth"], by_depth["n"], by_depth["accuracy"])]
+    width = max([5, *(len(c) for cell in cells for c in cell)])
+    per_row = max(1, (STREAM_WIDTH - 10) // (width + 1))
+    rows = []
+    for i in range(0, len(cells), per_row):
+        chunk = cells[i:i + per_row]
+        for j, label in enumerate(("depth", "streams", "accuracy")):
+            rows.append(f"{label:<9}" + "".join(f" {cell[j]:>{width}}" for cell in chunk))
+    return rows
+
+
+def _stream_report(r: dict, args, kwargs: dict) -> list[str]:
+    def rate(value, ci):
+        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    floor = r["floor"]
+    lines = [*_setup(args, kwargs),
+             f"accuracy        {rate(r['accuracy'], r['ci'])} over {r['trials'] * r['num_queries']} questions",
+             f"first question  {rate(r['first_accuracy'], r['first_ci'])} over {r['trials']} streams",
+             f"keyless floor   {rate(floor['accuracy'], floor['ci'])}  the line to beat; chance {r['chance']:.3f}",
+             "    (the keyless floor: the best answers that ignore the asked key)",
+             f"another needle  {r['other_needle_rate']:.3f} of answers: the value of a needle not asked"]
+    if r["stale_rate"] is not None:
+        lines.append(f"stale value     {r['stale_rate']:.3f} of answers: the overwritten value")
+    if r["value_cached"] is not None:
+        lines.append(f"value cached    {r['value_cached']:.3f} of streams: the asked value in the sidecar "
+                     "at the question")
+    if r["stored_value_rate"] is not None:
+        lines.append(f"stored value    {r['stored_value_rate']:.3f} of first answers: the value the "
+                     "shuffled needle carried")
+    lines.append("by depth of the first asked needle (0: the first cell), first-question accuracy:")
+    lines += _depth_rows(r["by_depth"])
+    lines.append(f"state carried per stream: {r['state_bytes']:,} bytes at any length; {r['seconds']} s")
+    return lines
+
+
+def _stream(args, argv: list) -> int:
+    """A variant of chapter 7's needle family (:func:`memorylib.needles.stream_family`) on long
+    streams fed piece by piece with a carried state of constant size."""
+    import textwrap
+
+    from .needles import stream_family
+    from .tasks import TokenLayout
+
+    kwargs = _family_kwargs(args)
+    _check_family(args, kwargs)
     if args.out:
         check_output(args.out, STREAM_FORMAT, args.force, inputs=[args.checkpoint])
     model, info = _model_from_args(args)
     if not hasattr(model, "stream"):
         raise CLIError(f"model {info['model']!r} cannot stream (its state grows with the sequence); streaming "
-                       "models: full_memory, no_sidecar, full_no_surprise, full_no_erase")
-    from .tasks import TokenLayout
-
+                       f"models: {', '.join(_streaming_models())}")
     if getattr(model, "vocab_size", 0) < TokenLayout().vocab_size:
         raise CLIError(f"model {info['model']!r} has vocab_size={model.vocab_size}, but the needle streams use "
                        f"{TokenLayout().vocab_size} token ids")
     seed = args.seed or 0
-    r = stream_needle(model, args.length, args.trials, num_depths=args.depths, piece=args.piece,
-                      batch_size=args.batch_size, seed=seed, mode=args.mode, filler=args.filler,
-                      progress=not args.no_progress)
+    try:
+        r = stream_family(model, args.variant, args.length, args.trials, haystack=args.haystack,
+                          num_depths=args.depths, piece=args.piece, batch_size=args.batch_size, seed=seed,
+                          control=args.control, progress=not args.no_progress, **kwargs)
+    except ValueError as err:
+        raise _family_error(err) from None
     print(_describe(info, seed))
-    print(f"{args.mode} at {args.length} tokens ({args.filler} haystack): accuracy {r['accuracy']:.3f} "
-          f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] over {r['trials']} streams; chance {r['chance']:.3f}")
-    print("depth     " + " ".join(f"{d:>5.2f}" for d in r["by_depth"]["depth"]))
-    print("accuracy  " + " ".join(f"{a:>5.2f}" for a in r["by_depth"]["accuracy"]))
-    print(f"state carried per stream: {r['state_bytes']} bytes; {r['tokens_per_second']} tokens/s")
+    for line in _stream_report(r, args, kwargs):
+        print("\n".join(textwrap.wrap(line, STREAM_WIDTH, subsequent_indent="    ", break_long_words=False,
+                                      drop_whitespace=True)) if len(line) > STREAM_WIDTH else line)
     if args.out:
         out = Path(args.out)
         try:
-            _write_json(out, {"format": STREAM_FORMAT, "format_version": 1, "model": info["model"],
+            _write_json(out, {"format": STREAM_FORMAT, "format_version": 2, "model": info["model"],
                               "model_kwargs": info["model_kwargs"], "checkpoint": info["checkpoint"],
+                              "variant": args.variant, "haystack": args.haystack, "control": args.control,
                               "result": r, "command": ["memorylib", *argv], "versions": _versions()})
         except OSError as err:
             raise CLIError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
@@ -904,7 +1057,7 @@ VERBS = {
     "plot": ("draw a run's metrics.json or an eval JSON to HTML or PNG", _plot_arguments, _plot),
     "demo": ("one held-out sequence token by token: the model's trace and its answers",
              _demo_arguments, _demo),
-    "stream": ("needle accuracy on long streams fed piece by piece with a state of constant size",
+    "stream": ("chapter 7's needle family on long streams fed piece by piece with a state of constant size",
                _stream_arguments, _stream),
     "sweep": ("every model on every task over several seeds into one results file (resumable)",
               _sweep_arguments, _sweep),

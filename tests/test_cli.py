@@ -299,9 +299,28 @@ def _bad_inputs(ctx):
         "run folder exists": ([*TRAIN, "--runs", str(ctx["run_dir"].parent)], f"{RUN_NAME}' already exists"),
         "model cannot stream": (["stream", "--checkpoint", ckpt, "--length", "600"],
                                 "model 'local_transformer' cannot stream"),
-        "bad stream mode": (["stream", *SMALL_FULL, "--length", "600", "--mode", "peek"],
-                            "--mode must be one of needle, removed, shuffled, other_key, got 'peek'"),
-        "stream too short": (["stream", *SMALL_FULL, "--length", "100"], "--length: must be an int >= 150, got '100'"),
+        "fresh model cannot stream": (["stream", "--model", "tiny_transformer", "--length", "300"],
+                                      "model 'tiny_transformer' cannot stream (its state grows with the sequence); "
+                                      "streaming models: full_learned_keep, full_memory,"),
+        "stream needles 0": (["stream", *SMALL_FULL, "--variant", "multi_key", "--needles", "0", "--length", "300"],
+                             "--needles must be an int in [1, 64], got 0"),
+        "stream variant": (["stream", *SMALL_FULL, "--variant", "nonsense", "--length", "300"],
+                           "--variant must be one of ('single', 'multi_key', 'multi_query', 'multi_value', "
+                           "'update'), got 'nonsense'"),
+        "stream haystack": (["stream", *SMALL_FULL, "--haystack", "cycle", "--length", "300"],
+                            "--haystack must be one of ('random', 'markov'), got 'cycle'"),
+        "stream control": (["stream", *SMALL_FULL, "--control", "other_key", "--length", "300"],
+                           "--control must be one of ('removed', 'shuffled'), got 'other_key'"),
+        "stream queries": (["stream", *SMALL_FULL, "--variant", "multi_query", "--needles", "4", "--queries", "5",
+                            "--length", "300"], "--queries must be an int in [1, 4], got 5"),
+        "queries not asked": (["stream", *SMALL_FULL, "--variant", "multi_key", "--queries", "3", "--length", "300"],
+                              "--queries applies to multi_query only"),
+        "distractors not used": (["stream", *SMALL_FULL, "--variant", "update", "--distractors", "2",
+                                  "--length", "300"], "--distractors applies to multi_value only"),
+        "stream too short": (["stream", *SMALL_FULL, "--variant", "multi_key", "--length", "60"],
+                             "--length 60 is too short for multi_key (8 needles, one asked); the shortest --length "
+                             "for these options is 75"),
+        "stream length range": (["stream", *SMALL_FULL, "--length", "2"], "--length must be an int in [3, 67108864]"),
     }
 
 
@@ -323,18 +342,61 @@ def test_bad_input_exits_2_with_one_line_naming_it(case, run_dir, tmp_path, caps
     assert "Traceback" not in captured.err
 
 
-def test_stream_reports_per_depth_accuracy_and_state_bytes(tmp_path, capsys):
+def test_stream_runs_the_needle_family_and_writes_its_result(tmp_path, capsys):
     out = tmp_path / "stream.json"
-    argv = ["stream", *SMALL_FULL, "--length", "2000", "--trials", "6", "--depths", "3", "--batch-size", "3",
-            "--mode", "removed", "--no-progress", "--out", str(out)]
+    argv = ["stream", *SMALL_FULL, "--variant", "multi_key", "--needles", "4", "--length", "150", "--trials", "6",
+            "--depths", "3", "--batch-size", "3", "--haystack", "markov", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "removed at 2000 tokens (predictable haystack)" in text and "over 6 streams" in text
-    assert "depth      0.00  0.50  1.00" in text and "state carried per stream:" in text
+    assert all(len(line) <= 88 for line in text.splitlines()), text
+    assert "multi_key: 4 needles, one asked" in text and "150 tokens a stream, markov haystack, 6 streams" in text
+    for label in ("accuracy ", "first question ", "keyless floor ", "the line to beat", "another needle ",
+                  "value cached ", "depth ", "state carried per stream:"):
+        assert label in text, (label, text)
+    assert "stale value" not in text and "stored value" not in text and "leakage control" not in text
     record = json.loads(out.read_text())
     r = record["result"]
-    assert record["format"] == "memorylib-stream" and r["trials"] == 6 and len(r["outcomes"]) == 6
-    assert r["by_depth"]["n"] == [2, 2, 2] and r["state_bytes"] > 0 and record["command"][1] == "stream"
+    assert record["format"] == "memorylib-stream" and record["format_version"] == 2
+    assert (record["variant"], record["haystack"], record["control"]) == ("multi_key", "markov", None)
+    assert record["command"][1] == "stream" and record["model"] == "full_memory"
+    assert (r["variant"], r["num_needles"], r["trials"], r["seq_len"]) == ("multi_key", 4, 6, 150)
+    assert 0 <= r["accuracy"] <= 1 and len(r["ci"]) == 2 and 0 <= r["floor"]["accuracy"] <= 1
+    assert sum(r["by_depth"]["n"]) == 6 and len(r["outcomes"]) == 6 and r["state_bytes"] > 0
+    assert r["stale_rate"] is None and r["value_cached"] is not None
+
+
+@pytest.mark.parametrize("variant, extra, questions", [
+    ("update", ["--control", "removed"], 1),
+    ("multi_query", ["--needles", "3", "--control", "shuffled"], 3),
+])
+def test_stream_records_the_leakage_control(variant, extra, questions, tmp_path, capsys):
+    out = tmp_path / "control.json"
+    argv = ["stream", *SMALL_FULL, "--variant", variant, *extra, "--length", "300", "--trials", "4",
+            "--batch-size", "4", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert all(len(line) <= 88 for line in text.splitlines()), text
+    control = extra[-1]
+    assert f"leakage control: {control}" in text
+    record = json.loads(out.read_text())
+    r = record["result"]
+    assert record["control"] == r["control"] == control and record["variant"] == variant
+    assert r["num_queries"] == questions
+    if control == "removed":
+        assert r["value_cached"] is None and r["stored_value_rate"] is None and "stale value" in text
+    else:
+        assert r["stored_value_rate"] is not None and "stored value" in text
+
+
+def test_stream_help_names_every_variant_haystack_and_control_and_not_the_old_options(capsys):
+    from memorylib.needles import CONTROLS, HAYSTACKS, VARIANTS
+
+    assert main(["stream", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in (*VARIANTS, *HAYSTACKS, *CONTROLS)), text
+    assert "--mode " not in text and "--filler" not in text
+    assert main(["stream", *SMALL_FULL, "--length", "300", "--filler", "random"]) == 2
+    assert "unrecognized arguments: --filler random" in capsys.readouterr().err
 
 
 def test_help_through_python_dash_m_and_the_console_script(capsys):

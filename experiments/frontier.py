@@ -225,9 +225,9 @@ def main(argv: list[str]) -> int:
                 if any(r["model"] == label and r["seed"] == seed for r in read_record(OUT)["points"]):
                     continue
                 model = load_model(ckpt)[0]
+                note = f"trained with K = {model.sidecar}; read with K = {k}"   # before the change
                 with sidecar_capacity(model, k):
-                    measure(model, label, KEEP_FAMILY, k, seed, lr, command, num_examples,
-                            note=f"trained with K = {model.sidecar}; read with K = {k}")
+                    measure(model, label, KEEP_FAMILY, k, seed, lr, command, num_examples, note=note)
     return 0
 
 

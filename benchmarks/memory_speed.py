@@ -24,7 +24,11 @@ arithmetic the book's chapters use (:mod:`memorylib.reproducible`: one thread), 
    states the modules return, and a KV cache (keys and values of T tokens);
 5. training throughput (forward + backward) of the MLP memory at batch 8, T = 1024, chunk 16,
    against titans-pytorch's ``NeuralMemory`` updated chunk after chunk (16 tokens per call, its
-   state passed on). Target: ours >= 3x titans in tokens/s. Also chunk 64 and our loop.
+   state passed on). Target: ours >= 3x titans in tokens/s. Also chunk 64 and our loop;
+6. what the fast forms buy a whole model: one training step (forward, backward, AdamW) of the
+   book's models with a learned memory, ``fast=True`` against the default, on chapter 7's
+   training shape (the needle family, batch 32, 512 tokens). No target: it says whether the
+   fast forms make the chapters' live training faster.
 
 Speed targets live here, as ratios of timings taken in the same run, never in timed unit tests.
 Every timing is the median of several calls after one warm-up call (``time.perf_counter``);
@@ -66,6 +70,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import memorylib  # noqa: E402
 from memorylib.delta_rule import delta_rule, delta_rule_reference  # noqa: E402
+from memorylib.files import atomic_write_text  # noqa: E402
 from memorylib.ttt import MLPMemoryState, mlp_memory, mlp_memory_reference  # noqa: E402
 
 DIM = 64                   # key_dim = value_dim
@@ -95,6 +100,8 @@ FULL = {
     "attention_seq_lens": [256, 512, 1024, 2048, 4096, 8192, 16384, 32768],
     "train_batch": 8,
     "train_seq_len": 1024,
+    "model_batch": 32,
+    "model_seq_len": 512,
     "out": "book/results/ch06_benchmark.json",
 }
 QUICK = {
@@ -103,6 +110,8 @@ QUICK = {
     "attention_seq_lens": [256, 1024, 4096],
     "train_batch": 2,
     "train_seq_len": 256,
+    "model_batch": 4,
+    "model_seq_len": 128,
     "out": "runs/ch06_benchmark_quick.json",
 }
 
@@ -492,6 +501,49 @@ def training_throughput(batch: int, seq_len: int) -> dict:
     return {"rows": rows, "titans": info}
 
 
+# --- 6: a whole model's training step, fast forms against the default ---
+
+MODEL_STEP_MODELS = ("titans_memory", "delta_memory", "full_learned_keep")
+
+
+def model_training_step(name: str, fast: bool, batch: int, seq_len: int):
+    """A closure: one AdamW step of registry model ``name`` (built with ``fast``) on a fixed batch
+    of the needle family's training task (chapter 7's: 8 needles, all asked, random haystack)."""
+    from memorylib.registry import build_model, build_task
+    from memorylib.training import answer_loss
+
+    torch.manual_seed(0)
+    model = build_model(name, fast=fast)
+    task = build_task("needle_family", variant="multi_query", seq_len=seq_len, num_needles=8, num_queries=8,
+                      filler="random")
+    data = task.sample(batch, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():                                   # as memorylib.training.train takes one
+        loss = answer_loss(model(data.tokens), data)
+        total = loss + (model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else 0.0)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return [total.detach()]
+    return step
+
+
+def model_training(batch: int, seq_len: int) -> dict:
+    """Each model's training step with ``fast=True`` and without, timed in the same rounds."""
+    steps = {(name, fast): model_training_step(name, fast, batch, seq_len)
+             for name in MODEL_STEP_MODELS for fast in (False, True)}
+    rows = []
+    for (name, fast), (timing, loss) in time_rounds(steps).items():
+        require_finite(name, loss)
+        rows.append({"model": name, "fast": fast, "batch": batch, "seq_len": seq_len, **timing})
+        print(f"  {name:<20} {'fast' if fast else 'default':<8} {timing['median_s']:8.3f} s a step", flush=True)
+    med = {(r["model"], r["fast"]): r["median_s"] for r in rows}
+    speedups = {name: med[name, False] / med[name, True] for name in MODEL_STEP_MODELS}
+    return {"rows": rows, "speedup_fast_vs_default": speedups}
+
+
 # --- record, tables, targets ---
 
 def cpu_model() -> str:
@@ -597,6 +649,12 @@ def print_summary(results: dict) -> None:
         print(f"  T={r['seq_len']:<6} delta {r['delta_state_bytes']:>9}   mlp {r['mlp_state_bytes']:>9}   "
               f"KV cache {r['kv_cache_bytes']:>10}")
     print(f"  constant in T: delta {sizes['delta_constant']}, mlp {sizes['mlp_constant']}")
+    if "model_training" in results:
+        m = results["model_training"]
+        print(f"\nA model's training step, fast forms vs the default (batch {m['rows'][0]['batch']}, "
+              f"T={m['rows'][0]['seq_len']}): time default / time fast")
+        for name, x in m["speedup_fast_vs_default"].items():
+            print(f"  {name:<20} {x:5.2f}x")
     print("\nTargets")
     for s in results["targets"]:
         unit = s.get("unit", "x")
@@ -606,6 +664,19 @@ def print_summary(results: dict) -> None:
         bound = "<=" if s.get("at_most") else ">="
         print(f"  {s['verdict']:<16} {s['target']}: {measured} (target {bound} {s['required']:g}{unit}){flag} "
               f"{s.get('reason', '')}")
+
+
+def check_writable(out: pathlib.Path) -> None:
+    """Refuse an output path that cannot be written, before any timing: a folder, or a file in a
+    folder that cannot be made or written."""
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"cannot make the folder of --out {out}: {err.strerror or err}") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise SystemExit(f"cannot write --out {out}: permission denied")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -624,6 +695,8 @@ def main(argv: list[str]) -> int:
     config = dict(QUICK if args.quick else FULL)
     if args.max_loop_len:
         config["max_loop_len"] = args.max_loop_len
+    out = ROOT / (args.out or config["out"])
+    check_writable(out)                      # before minutes of timing, not after
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -638,12 +711,13 @@ def main(argv: list[str]) -> int:
     results["state_bytes"] = state_sizes(config["attention_seq_lens"])
     print(f"5. training throughput (batch {config['train_batch']}, T={config['train_seq_len']})", flush=True)
     results["training"] = training_throughput(config["train_batch"], config["train_seq_len"])
+    print(f"6. a model's training step, fast vs default (batch {config['model_batch']}, "
+          f"T={config['model_seq_len']})", flush=True)
+    results["model_training"] = model_training(config["model_batch"], config["model_seq_len"])
     results["targets"] = target_summary(results)
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     print_summary(results)
-    out = ROOT / (args.out or config["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(results, indent=1, allow_nan=False) + "\n")
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {results['total_seconds']} s")
     return 0
 

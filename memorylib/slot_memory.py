@@ -276,13 +276,19 @@ class SlotMemory(nn.Module):
         unit_q = p["query"] / p["query"].norm(dim=-1, keepdim=True).clamp_min(1e-6)
         unit_k = p["key"] / p["key"].norm(dim=-1, keepdim=True).clamp_min(1e-6)
         age, pointer = state.age, state.pointer
+        # Each per-token input is taken apart once (unbind) rather than indexed at every step: the
+        # backward of ``x[:, t]`` pads its gradient to the whole sequence, T times over (T^2 work
+        # in training), while unbind's stacks the T gradients once. The values are the same.
+        steps = {"query": unit_q.unbind(1), "key": unit_k.unbind(1), "content": content.unbind(1),
+                 "read_gate": p["read_gate"].unbind(1), "write_gate": p["write_gate"].unbind(1),
+                 "erase": p["erase"].unbind(1), "alloc": p["alloc"].unbind(1)}
         reads, write_mass = [], []
         rec = {k: [] for k in ("read", "write", "age_before", "keys", "values")} if trace else None
         for t in range(T):
             keys = mem[..., :D]
             unit_keys = keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)    # (B, S, D)
-            w_r = address(unit_q[:, t] @ unit_keys.transpose(1, 2), sharp, self.top_k)  # (B, H, S)
-            rho = p["read_gate"][:, t, None]
+            w_r = address(steps["query"][t] @ unit_keys.transpose(1, 2), sharp, self.top_k)  # (B, H, S)
+            rho = steps["read_gate"][t][:, None]
             reads.append(read(w_r, mem[..., D:]))
             read_use = rho * w_r.mean(dim=1)                                        # (B, S)
             if self.write_policy == "fifo":
@@ -295,16 +301,16 @@ class SlotMemory(nn.Module):
                 if self.write_policy == "lru":
                     w_w = lru
                 else:
-                    sim = (unit_keys @ unit_k[:, t, :, None]).squeeze(-1)          # (B, S)
+                    sim = (unit_keys @ steps["key"][t][:, :, None]).squeeze(-1)     # (B, S)
                     w_w = torch.softmax(write_sharp * sim, dim=-1)
                     if self.write_policy == "content":
                         best = sim.max(dim=-1, keepdim=True).values
-                        a = torch.sigmoid(p["alloc"][:, t, None] + MATCH_SCALE * (threshold - best))
+                        a = torch.sigmoid(steps["alloc"][t][:, None] + MATCH_SCALE * (threshold - best))
                         w_w = a * lru + (1 - a) * w_w
-            g, e = p["write_gate"][:, t], p["erase"][:, t]
+            g, e = steps["write_gate"][t], steps["erase"][t]
             if decay is not None:
                 mem = torch.cat([mem[..., :D], mem[..., D:] * decay], dim=-1)
-            mem = write(mem, w_w, g, e, content[:, t])
+            mem = write(mem, w_w, g, e, steps["content"][t])
             mass = g[:, None] * w_w
             write_mass.append(mass)
             if trace:

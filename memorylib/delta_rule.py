@@ -154,11 +154,15 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, retain: Tensor | N
     QK = q @ k.transpose(-1, -2) * G                                   # G is lower triangular
     last = G[..., -1, :]                                               # (B, H, N, C): a_{i+1} ... a_C
     outs = []
-    for n in range(N):
+    # each chunk's inputs taken apart once (unbind), not indexed in the loop: the backward of
+    # x[:, :, n] pads its gradient to all N chunks, N times over; the values are the same
+    Ws = [None] * N if W is None else W.unbind(2)
+    for U0_n, W_n, g_n, q_n, QK_n, k_n, last_n in zip(U0.unbind(2), Ws, g.unbind(2), q.unbind(2),
+                                                      QK.unbind(2), k.unbind(2), last.unbind(2)):
         Mt = M.transpose(-1, -2)                                       # (B, H, Dk, Dv)
-        U = U0[:, :, n] if W is None else U0[:, :, n] - W[:, :, n] @ Mt
-        outs.append(g[:, :, n, :, None] * (q[:, :, n] @ Mt) + QK[:, :, n] @ U)
-        M = g[:, :, n, -1, None, None] * M + U.transpose(-1, -2) @ (k[:, :, n] * last[:, :, n, :, None])
+        U = U0_n if W_n is None else U0_n - W_n @ Mt
+        outs.append(g_n[..., None] * (q_n @ Mt) + QK_n @ U)
+        M = g_n[..., -1, None, None] * M + U.transpose(-1, -2) @ (k_n * last_n[..., None])
     out = torch.stack(outs, dim=2).reshape(B, H, N * C, -1)[:, :, :T]
     return out, M
 

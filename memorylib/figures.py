@@ -950,32 +950,52 @@ def sidecar_recall_figure(num_pairs: list, curves: dict, active=None,
 
 
 def capstone_figure(table: dict, models: list, tasks: list, labels: dict | None = None,
-                    title: str = "Held-out accuracy, mean over seeds") -> go.Figure:
+                    title: str = "Held-out accuracy, mean over seeds", floors: dict | None = None) -> go.Figure:
     """A heatmap of models (rows) by tasks (columns); each cell shows the mean accuracy over seeds
     and its standard deviation, and the hover lists every seed. table: ``{model: {task: {"mean",
     "std", "values"}}}`` (:func:`memorylib.capstone.summary_table`); ``labels``: column titles.
-    Introduced in chapter 8."""
-    labels = labels or {}
+
+    ``floors`` (``{task: accuracy}``, the keyless floor of :mod:`memorylib.floors`) makes each
+    column's floor the line to beat: the column title shows it, a cell is coloured by how far its
+    mean climbs from the floor towards 1 (white at the floor, red below it, blue above), and the
+    hover says how far above or below the floor each seed is. Introduced in chapter 8."""
+    labels, floors = labels or {}, floors or {}
+    missing = [t for t in floors if t not in tasks]
+    if missing:
+        raise ValueError(f"floors given for tasks not shown: {missing}; tasks: {list(tasks)}")
     z, text, hover = [], [], []
     for m in models:
         row_z, row_t, row_h = [], [], []
         for t in tasks:
-            cell = table.get(m, {}).get(t)
-            row_z.append(None if cell is None else round(cell["mean"], 3))
+            cell, floor = table.get(m, {}).get(t), floors.get(t)
+            if cell is None:
+                row_z.append(None)
+            elif floor is None:
+                row_z.append(round(cell["mean"], 3))
+            else:                                           # the share of the way from the floor to 1
+                row_z.append(round((cell["mean"] - floor) / max(1 - floor, 1e-9), 3))
             row_t.append("" if cell is None else f"{cell['mean']:.2f}<br>± {cell['std']:.2f}")
-            row_h.append("not run" if cell is None else
-                         f"{m}, {labels.get(t, t)}<br>seeds: {', '.join(f'{v:.3f}' for v in cell['values'])}")
+            seeds = "" if cell is None else ", ".join(f"{v:.3f}" for v in cell["values"])
+            vs_floor = "" if cell is None or floor is None else (
+                f"<br>floor {floor:.3f}: {sum(v > floor for v in cell['values'])} of {len(cell['values'])} "
+                "seeds above it")
+            row_h.append("not run" if cell is None else f"{m}, {labels.get(t, t)}<br>seeds: {seeds}{vs_floor}")
         z.append(row_z)
         text.append(row_t)
         hover.append(row_h)
-    fig = go.Figure(go.Heatmap(z=z, x=[labels.get(t, t) for t in tasks], y=list(models), text=text,
-                               texttemplate="%{text}", customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-                               zmin=0, zmax=1, colorscale="Blues", showscale=False))   # each cell prints its number
-    header = [wrap(labels.get(t, t), 10) for t in tasks]
+    names = [labels.get(t, t) for t in tasks]
+    if floors:                     # red below the floor, white at it, blue towards 1
+        scale = {"zmin": -1, "zmax": 1, "colorscale": [[0, "#c0392b"], [0.5, "#ffffff"], [1, "#2166ac"]]}
+    else:
+        scale = {"zmin": 0, "zmax": 1, "colorscale": "Blues"}
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=list(models), text=text, texttemplate="%{text}", customdata=hover,
+                               hovertemplate="%{customdata}<extra></extra>", showscale=False,
+                               **scale))                # each cell prints its number
+    header = [wrap(labels.get(t, t), 10) + (f"<br>floor {floors[t]:.2f}" if t in floors else "") for t in tasks]
     return finish(fig, title, 170 + 34 * len(models), legend=False, gap=16 + 14 * max(map(_lines, header)),
                   yaxis={"autorange": "reversed"},
-                  xaxis={"side": "top", "tickvals": [labels.get(t, t) for t in tasks],
-                         "ticktext": header, "tickangle": 0, "tickfont": {"size": 11}})
+                  xaxis={"side": "top", "tickvals": names, "ticktext": header, "tickangle": 0,
+                         "tickfont": {"size": 11}})
 
 
 def forgetting_figure(results: dict, title: str = "Tasks one after another: learning and forgetting") -> go.Figure:

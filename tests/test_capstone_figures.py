@@ -274,3 +274,18 @@ def test_compare_needs_every_seed_and_the_corrected_rank_test():
     assert [r["p_holm"] for r in out] == pytest.approx(holm([r["p"] for r in out]))
     with pytest.raises(ValueError, match="no rows of 'E'"):
         compare(record, [("A", "E")], "t")
+
+
+def test_capstone_figure_reads_every_cell_against_its_columns_floor():
+    table = summary_table(rows())
+    tasks = ["associative_lookup", "needle_recall"]
+    fig = capstone_figure(table, ["m", "n"], tasks, floors={"associative_lookup": 0.6, "needle_recall": 0.5})
+    heat = fig.data[0]
+    # the mean's share of the way from the floor to 1: lookup 0.6 is at its floor, the needle's
+    # 0.25 is half the floor's distance below it
+    assert heat.z[0][0] == 0.0 and heat.z[1][1] == -0.5 and (heat.zmin, heat.zmax) == (-1, 1)
+    assert "floor 0.60" in fig.layout.xaxis.ticktext[0] and "floor 0.50" in fig.layout.xaxis.ticktext[1]
+    assert "floor 0.600: 1 of 3 seeds above it" in heat.customdata[0][0]    # seeds 0.5, 0.7, 0.6
+    assert heat.text[0][0] == "0.60<br>± 0.10"                               # the cell still shows accuracy
+    with pytest.raises(ValueError, match="floors given for tasks not shown"):
+        capstone_figure(table, ["m"], ["associative_lookup"], floors={"multi_hop": 0.25})

@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from . import reproducible
 from .checkpoint import save_checkpoint
 from .experiments import run
@@ -414,8 +416,11 @@ def run_sweep(spec: dict, out: str | Path | None = None, resume: bool = True, pr
                            "batch_size": spec["batch_size"], "lr": lr, "history": None, "eval": None,
                            "pretrain_history": None, "diverged": {"step": err.step, "loss": str(err.loss)},
                            **({"validation": None} if tuning else {})}, None
+        # each row names the arithmetic it ran in (rows of one file may come from processes with
+        # different thread counts): a live re-run can match a row bit for bit only in the same one
         result.update(model=label, registry_model=name, task=task_name, train_task=train_task.config(),
-                      seconds=round(time.perf_counter() - start, 1))
+                      seconds=round(time.perf_counter() - start, 1), threads=torch.get_num_threads(),
+                      fingerprint=reproducible.fingerprint())
         if net is not None and label in keep.get("models", []) and task_name in keep.get("tasks", []):
             staged = _staged_path(out, label, task_name, seed)
             staged.parent.mkdir(parents=True, exist_ok=True)

@@ -487,6 +487,13 @@ def test_matched_sweep_tunes_the_rate_on_validation_and_reports_the_chosen_rows(
         best = max(r["validation"]["train"]["accuracy"] for r in mine if r["seed"] == 0)
         assert next(r for r in mine if r["seed"] == 0 and r["lr"] == lr)["validation"]["train"]["accuracy"] == best
     assert {r["registry_model"] for r in rows if r["model"] == "full_rank_recency"} == {"full_rank_recency"}
+    # every row names the arithmetic it ran in: the thread count and the fingerprint
+    import torch
+
+    from memorylib import reproducible
+
+    assert {(r["threads"], r["fingerprint"]) for r in rows} == {(torch.get_num_threads(),
+                                                                 reproducible.fingerprint())}
     assert record["table"]["full_memory"]["needle_markov"]["n"] == 2
     assert record["floors"]["needle_markov"]["default"]["accuracy"] == 1.0
     assert 0.4 < record["floors"]["associative_lookup"]["train"]["accuracy"] < 0.7

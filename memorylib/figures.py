@@ -1224,20 +1224,22 @@ def _log10(x: float) -> float:
 
 def family_figure(summary: dict, models: list, active=None, labels: dict | None = None,
                   title: str = "The needle family: keyed recall in a long stream") -> go.Figure:
-    """A slider over the stream's length; on each step, one panel per haystack with a group of bars
-    per variant of the needle family: each model's accuracy (the mean over training seeds; the bar
+    """A slider over the stream's length; on each step, one panel per haystack (one above the
+    other, so that every variant's name fits under its bars unturned) with a group of bars per
+    variant of the needle family: each model's accuracy (the mean over training seeds; the bar
     spans the lowest to the highest seed) and the keyless floor on the same streams (a grey tick).
 
     summary: :func:`memorylib.analysis.family_summary`; models: the models to show, in order (a
-    model not measured at a cell is left out of it); labels: ``{variant: shown name}``.
-    Introduced in chapter 7."""
+    model not measured at a cell is left out of it); labels: ``{variant: shown name}``, short
+    names (about 8 characters) for the variants. Introduced in chapter 7."""
     if not summary:
         raise ValueError("summary must hold at least one length")
     lengths = list(summary)
     haystacks = list(dict.fromkeys(h for n in lengths for h in summary[n]))
     labels = labels or {}
-    height = 620
-    fig, cells, gap = panels(len(haystacks), [f"{h} haystack" for h in haystacks], height, shared_yaxes="all")
+    height = 180 + 300 * len(haystacks)
+    fig, cells, gap = panels(len(haystacks), [f"{h} haystack" for h in haystacks], height, max_cols=1,
+                             shared_xaxes=False)
     owner, orders = [], []
     active_index = lengths.index(active) if active in lengths else 0
     for j, n in enumerate(lengths):
@@ -1276,9 +1278,8 @@ def family_figure(summary: dict, models: list, active=None, labels: dict | None 
     steps = [{"method": "update", "label": f"{n:,}",
               "args": [{"visible": [k == j for k in owner]}, {a: orders[j] for a in sorted(axes)}]}
              for j, n in enumerate(lengths)]
-    fig.update_xaxes(categoryorder="array", categoryarray=orders[active_index], tickangle=-40)
-    fig.update_yaxes(range=[0, 1.05])
-    fig.update_yaxes(title="accuracy", col=1)
+    fig.update_xaxes(categoryorder="array", categoryarray=orders[active_index])  # turned only on a phone
+    fig.update_yaxes(range=[0, 1.05], title="accuracy")
     return finish(fig, title, height, gap=gap, barmode="group",
                   sliders=[{"active": active_index, "steps": steps,
-                            "currentvalue": {"prefix": "tokens in the stream: "}, "pad": {"t": 90}}])
+                            "currentvalue": {"prefix": "tokens in the stream: "}, "pad": {"t": 50}}])

@@ -235,7 +235,7 @@ def test_overwriting_a_file_of_another_kind_needs_force(tmp_path, checkpoint, ca
     (["eval", "--model", "local_transformer", "--model-arg", "d_model=1000000000", "--task", "needle_recall"],
      "not enough memory"),
     (["stream", "--model", "full_memory", "--length", "1000000000000", "--trials", "1"],
-     "seq_len must be an int in [3, 67108864]"),
+     "--length must be an int in [3, 67108864], got 1000000000000"),
 ])
 def test_sizes_beyond_the_machine_end_in_one_line(argv, match, capsys):
     err = one_line_error(capsys, argv)

@@ -1,6 +1,7 @@
 """Chapter 8's continual-learning curves: four trained tasks of the matched capstone, one after another.
 
-    python experiments/continual.py          # writes book/results/ch08_continual.json (after the matched sweep)
+    python experiments/continual.py          # writes book/results/ch08_continual.json (after the matched sweep);
+                                             # resumable: each (model, seed) is kept as soon as it exists
     python experiments/continual.py --quick  # one model, one seed, a few steps; writes nothing
 
 Each model (built with ``torch.manual_seed(seed)``) is trained on associative lookup, then changing
@@ -80,40 +81,79 @@ def joint_rate(model: str, phases: list, steps: int, examples: int) -> tuple[flo
     return max(means, key=lambda lr: (means[lr], -lr)), means
 
 
+def read_record(out: pathlib.Path, protocol: dict) -> dict:
+    """The record to resume: the file's runs and rates if it was written with this ``protocol``
+    (order, tasks, steps, evaluation, batch, sequences), else an empty one. A file of another
+    protocol is refused rather than mixed in; an unreadable one is an error that says so."""
+    if not out.exists():
+        return {**protocol, "rates": {}, "runs": [], "seconds": 0.0}
+    try:
+        record = json.loads(out.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"cannot resume from {out}: not a readable JSON record ({type(err).__name__}); "
+                         "move it away to start over") from None
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in protocol.items()):
+        raise SystemExit(f"{out} holds runs of another protocol (order, tasks, steps or evaluation); "
+                         "move it away to start over")
+    record.setdefault("rates", {})
+    record.setdefault("runs", [])
+    record.setdefault("seconds", 0.0)
+    return record
+
+
+def write_record(out: pathlib.Path, record: dict) -> None:
+    record.update(reproducible.provenance("python experiments/continual.py"))
+    atomic_write_text(out, json.dumps(record, indent=1, allow_nan=False) + "\n")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=str(OUT), help=f"the record (default {OUT.relative_to(ROOT)}; resumed if present)")
     args = p.parse_args(argv)
+    out = pathlib.Path(args.out)
     models, seeds, steps = (MODELS[:1], [0], 4) if args.quick else (MODELS, SEEDS, STEPS)
     examples = 8 if args.quick else EXAMPLES
     phases = [(name, build_task(MATCHED["tasks"][name]["train"][0], **MATCHED["tasks"][name]["train"][1]))
               for name in ORDER]
     if not args.quick:                  # where the record goes, checked before half an hour of training
-        check_output(OUT, "json", force=True, inputs=(SWEEP,))
+        check_output(out, "json", force=True, inputs=(SWEEP,))
     sweep = json.loads(SWEEP.read_text())
-    started, runs, rates = time.perf_counter(), [], {}
+    protocol = {"order": ORDER, "tasks": {n: list(MATCHED["tasks"][n]["train"]) for n in ORDER},
+                "steps_per_phase": steps, "eval_every": EVAL_EVERY, "batch_size": BATCH, "num_examples": examples}
+    # resumable: every (model, seed) is written as soon as it exists, and a run already in the file
+    # (or a model's tuned joint rate) is not done again
+    record = json.loads(json.dumps(protocol)) if args.quick else read_record(out, json.loads(json.dumps(protocol)))
+    record.setdefault("rates", {})
+    record.setdefault("runs", [])
+    record.setdefault("seconds", 0.0)
     for model in models:
+        started = time.perf_counter()
         per_phase = phase_rates(sweep, model, fallback=3e-3 if args.quick else None)
-        joint_lr, tuning = joint_rate(model, phases, steps, examples)
-        rates[model] = {"phases": per_phase, "joint": joint_lr,
-                        "joint_tuning": {f"{k:g}": v for k, v in tuning.items()}}
+        if model in record["rates"]:
+            joint_lr = record["rates"][model]["joint"]
+        else:
+            joint_lr, tuning = joint_rate(model, phases, steps, examples)
+            record["rates"][model] = {"phases": per_phase, "joint": joint_lr,
+                                      "joint_tuning": {f"{k:g}": v for k, v in tuning.items()}}
         for seed in seeds:
+            if any(r["model"] == model and r["seed"] == seed for r in record["runs"]):
+                continue
             r = forgetting_curves(model, phases, steps=steps, eval_every=EVAL_EVERY if not args.quick else 2,
                                   batch_size=BATCH, lr=per_phase, seed=seed, num_examples=examples)
             r["seed"] = seed
             r["joint"] = joint_training(model, phases, steps=steps, batch_size=BATCH, lr=joint_lr, seed=seed,
                                         num_examples=examples)
-            runs.append(r)
+            record["runs"].append(r)
+            record["seconds"] = round(record["seconds"] + time.perf_counter() - started, 1)
+            started = time.perf_counter()
+            if not args.quick:
+                write_record(out, record)
             print(f"{model:18s} seed {seed}: final {[r['accuracy'][t][-1] for t in ORDER]}, "
                   f"forgetting {r['forgetting']}, joint {r['joint']['accuracy']} ({r['seconds']} s)", flush=True)
-    if args.quick:
-        return 0
-    record = {**reproducible.provenance("python experiments/continual.py"),
-              "order": ORDER, "tasks": {n: MATCHED["tasks"][n]["train"] for n in ORDER}, "steps_per_phase": STEPS,
-              "eval_every": EVAL_EVERY, "batch_size": BATCH, "num_examples": EXAMPLES, "rates": rates,
-              "runs": runs, "seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(OUT, json.dumps(record, indent=1, allow_nan=False) + "\n")
-    print(f"wrote {OUT} in {record['seconds']} s")
+    if not args.quick:
+        write_record(out, record)
+        print(f"{out}: {len(record['runs'])} runs, {record['seconds']} s in all")
     return 0
 
 

@@ -123,10 +123,8 @@ def main(argv: list[str]) -> int:
                 "steps_per_phase": steps, "eval_every": EVAL_EVERY, "batch_size": BATCH, "num_examples": examples}
     # resumable: every (model, seed) is written as soon as it exists, and a run already in the file
     # (or a model's tuned joint rate) is not done again
-    record = json.loads(json.dumps(protocol)) if args.quick else read_record(out, json.loads(json.dumps(protocol)))
-    record.setdefault("rates", {})
-    record.setdefault("runs", [])
-    record.setdefault("seconds", 0.0)
+    protocol = json.loads(json.dumps(protocol))           # as a JSON file holds it (tuples as lists)
+    record = {**protocol, "rates": {}, "runs": [], "seconds": 0.0} if args.quick else read_record(out, protocol)
     for model in models:
         started = time.perf_counter()
         per_phase = phase_rates(sweep, model, fallback=3e-3 if args.quick else None)

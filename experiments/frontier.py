@@ -10,7 +10,9 @@ trained model and every evaluated point is written as soon as it exists.
     python experiments/frontier.py --quick                  # 20 steps, 2 sizes, 64 sequences; into /tmp
 
 Sizes: slot memory 4 / 16 / 64 slots; linear and delta memory a key and value width of 16 / 32 / 64;
-the MLP memory (Titans: momentum and forgetting) a hidden width of 16 / 32 / 64; the full model with
+the MLP memory written by gradient steps a hidden width of 16 / 32 / 64, and the same with Titans'
+momentum and forgetting (its training diverged at every rate of the grid on these 512-token
+sequences: the record keeps those rows and the frontier has no Titans point); the full model with
 its learned keep score, the checkpoints of ``needle_family.py`` (sidecar K = 32 in training), read
 with K = 0 / 8 / 16 / 32 / 64 entries (the cache's capacity changed at evaluation only; the run says
 so). Local attention alone (its window is the only state) and full attention (its key-value cache
@@ -58,7 +60,8 @@ FAMILIES = {
     "slot memory": ("slot_memory", ("num_slots",), (4, 16, 64)),
     "linear memory": ("linear_memory", ("key_dim", "value_dim"), (16, 32, 64)),
     "delta memory": ("delta_memory", ("key_dim", "value_dim"), (16, 32, 64)),
-    "MLP memory": ("titans_memory", ("hidden",), (16, 32, 64)),
+    "Titans memory": ("titans_memory", ("hidden",), (16, 32, 64)),
+    "MLP memory": ("mlp_memory", ("hidden",), (16, 32, 64)),
     "local attention": ("local_transformer", (), (None,)),
     "full attention": ("tiny_transformer", (), (None,)),
 }
@@ -68,7 +71,8 @@ KEEP_FAMILY, KEEP_SIZES = "full model with learned keep", (0, 8, 16, 32, 64)
 def point_label(family: str, size) -> str:
     if size is None:
         return family
-    unit = {"slot memory": "slots", "MLP memory": "hidden", KEEP_FAMILY: "cached"}.get(family, "wide")
+    units = {"slot memory": "slots", "MLP memory": "hidden", "Titans memory": "hidden", KEEP_FAMILY: "cached"}
+    unit = units.get(family, "wide")
     return f"{family}, {size} {unit}"
 
 
@@ -205,6 +209,10 @@ def main(argv: list[str]) -> int:
                 record = read_record(OUT)
                 lr = nf.chosen_lr(record, point_label(family, middle(family)))
                 if any(r["model"] == label and r["seed"] == seed for r in record["points"]):
+                    continue
+                if lr is None:      # the tuning has just run, and every rate of the grid diverged
+                    print(f"{label} seed {seed}: every rate of the grid diverged at the middle size; no point",
+                          flush=True)
                     continue
                 if any(r["model"] == label and r["seed"] == seed and r["lr"] == lr and r.get("diverged")
                        for r in record["train_rows"]):

@@ -23,6 +23,7 @@ import torch
 
 from . import reproducible
 from .checkpoint import save_checkpoint
+from .checks import check_int
 from .experiments import run
 from .files import atomic_write, atomic_write_text, locked
 from .registry import build_task
@@ -204,6 +205,44 @@ def summary_table(rows: list[dict], eval_name: str = "default") -> dict:
                     diverged[r["model"]][label] += 1
     return {model: {task: {**describe(vals), "diverged": diverged.get(model, {}).get(task, 0)}
                     for task, vals in by_task.items()} for model, by_task in values.items()}
+
+
+def matched_frontier(record: dict, families: dict, task: str = "associative_lookup", eval_name: str = "default",
+                     min_seeds: int = 5) -> dict:
+    """A sweep's models as points of a recall–state frontier (the format of
+    :func:`memorylib.analysis.frontier_points`): ``{family: [point, ...]}`` in order of state, each
+    point ``{"size", "state_bytes", "seeds", "mean", "low", "high"}`` over the :func:`selected` rows
+    of ``task`` on ``eval_name``. ``families``: ``{model label of the sweep: (family, size)}``.
+    State is :func:`memorylib.analysis.state_bytes` of the model as the sweep builds it, with full
+    attention's key-value cache counted at the length of the ``eval_name`` sequences. A model with
+    fewer than ``min_seeds`` seeds in the record is an error that names it (a partial row would
+    move as the sweep goes on). Introduced in chapter 7."""
+    from .analysis import state_bytes
+    from .registry import build_model
+
+    check_int("min_seeds", min_seeds, 1)
+    spec, models = record["spec"], models_of(record["spec"])
+    if task not in spec["tasks"]:
+        raise ValueError(f"task must be one of the sweep's tasks {sorted(spec['tasks'])}, got {task!r}")
+    entry = spec["tasks"][task]["eval"].get(eval_name) or spec["tasks"][task]["train"]
+    length = _task(entry).seq_len
+    out: dict = {}
+    for label, (family, size) in families.items():
+        if label not in models:
+            raise ValueError(f"{label!r} is not a model of the sweep; its models: {sorted(models)}")
+        rows = sorted((r for r in selected(record["rows"]) if r["model"] == label and r["task"] == task),
+                      key=lambda r: r["seed"])
+        if len(rows) < min_seeds:
+            raise ValueError(f"{label!r} has {len(rows)} seed(s) of {task!r} in the record, fewer than "
+                             f"min_seeds={min_seeds}: the sweep has not finished it")
+        name, kwargs = models[label]
+        state = state_bytes(build_model(name, **kwargs))
+        acc = [accuracy(r, eval_name) for r in rows]
+        out.setdefault(family, []).append({
+            "size": size, "state_bytes": state["memory"] + state["context"] + state["per_token"] * length,
+            "seeds": [r["seed"] for r in rows], "mean": round(sum(acc) / len(acc), 4),
+            "low": round(min(acc), 4), "high": round(max(acc), 4)})
+    return {family: sorted(points, key=lambda q: q["state_bytes"]) for family, points in out.items()}
 
 
 def accuracy(row: dict, eval_name: str = "default") -> float:

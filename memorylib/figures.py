@@ -1156,15 +1156,19 @@ def eval_figure(results: dict[str, dict], title: str | None = None, line: str = 
     return finish(fig, title, 420, yaxis={"title": "held-out answer accuracy<br>(95% CI)", "range": [0, 1.05]})
 
 
-def frontier_figure(curves: dict, floors: dict, active=None, reference: str | None = "full attention",
-                    title: str = "How much recall a byte of state buys") -> go.Figure:
+def frontier_figure(curves: dict, floors: dict, active=None, reference=("full attention",),
+                    title: str = "How much recall a byte of state buys", panel: str = "{} haystack",
+                    slider: str = "needles in the stream, one asked: ") -> go.Figure:
     """The recall–state frontier: a slider over the number of needles ``N``; on each step, one
     panel per haystack with accuracy against bytes of state (log axis), each memory family a line
     through its sizes (markers at the mean over training seeds, bars from the lowest to the highest
-    seed), the ``reference`` family (full attention, whose key-value cache grows with the stream)
-    as stars, and the keyless floor as a dotted line.
+    seed), the ``reference`` families (full attention, whose key-value cache grows with the stream)
+    as stars, and the keyless floor as a dotted line. With one step there is no slider.
 
-    curves, floors: from :func:`memorylib.analysis.frontier_curves`. Introduced in chapter 7."""
+    curves, floors: from :func:`memorylib.analysis.frontier_curves` (or ``{step: {panel: curves}}``
+    from :func:`memorylib.capstone.matched_frontier`); ``panel`` formats each panel's title from its
+    key, ``slider`` is the slider's prefix. Introduced in chapter 7."""
+    reference = (reference,) if isinstance(reference, str) else tuple(reference or ())
     if not curves:
         raise ValueError("curves must hold at least one number of needles")
     needles = list(curves)
@@ -1173,7 +1177,7 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference: str | No
     xs = [p["state_bytes"] for n in needles for h in haystacks for f in curves[n][h] for p in curves[n][h][f]]
     lo, hi = min(xs), max(xs)
     height = 560
-    fig, cells, gap = panels(len(haystacks), [f"{h} haystack" for h in haystacks], height, shared_yaxes="all")
+    fig, cells, gap = panels(len(haystacks), [panel.format(h) for h in haystacks], height, shared_yaxes="all")
     owner = []                                           # the slider step of every trace
     active_index = needles.index(active) if active in needles else len(needles) - 1
     for j, n in enumerate(needles):
@@ -1183,12 +1187,12 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference: str | No
                 pts = curves[n][haystack].get(family, [])
                 if not pts:
                     continue
-                colour = "#333" if family == reference else PALETTE[i % len(PALETTE)]
+                star = family in reference
+                colour = ("#333", "#999")[reference.index(family) % 2] if star else PALETTE[i % len(PALETTE)]
                 fig.add_trace(go.Scatter(
                     x=[q["state_bytes"] for q in pts], y=[q["mean"] for q in pts], name=family,
-                    mode="markers" if family == reference else "lines+markers",
-                    marker={"color": colour, "symbol": "star" if family == reference else "circle",
-                            "size": 12 if family == reference else 8},
+                    mode="markers" if star else "lines+markers",
+                    marker={"color": colour, "symbol": "star" if star else "circle", "size": 12 if star else 8},
                     line={"color": colour},
                     error_y={"type": "data", "symmetric": False, "color": colour, "thickness": 1,
                              "array": [round(q["high"] - q["mean"], 4) for q in pts],
@@ -1211,9 +1215,11 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference: str | No
     fig.update_xaxes(type="log", title="bytes of state", range=[_log10(lo / 1.5), _log10(hi * 1.5)])
     fig.update_yaxes(range=[-0.02, 1.05])
     fig.update_yaxes(title="accuracy", col=1)
+    if len(needles) == 1:
+        return finish(fig, title, height, gap=gap)
     return finish(fig, title, height, gap=gap,
-                  sliders=[{"active": active_index, "steps": steps,
-                            "currentvalue": {"prefix": "needles in the stream, one asked: "}, "pad": {"t": 60}}])
+                  sliders=[{"active": active_index, "steps": steps, "currentvalue": {"prefix": slider},
+                            "pad": {"t": 60}}])
 
 
 def _log10(x: float) -> float:

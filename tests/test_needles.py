@@ -364,3 +364,63 @@ def test_needle_explorer_redraws_every_model_at_the_chosen_number_of_needles(mon
                                                                         num_examples=8)["accuracy"]
     with pytest.raises(ValueError, match="num_needles=3 must be one of"):
         needle_explorer(models, needles=(1, 4), num_needles=3)
+
+
+def _sweep_record(seeds_of_linear=5):
+    from memorylib.capstone import LOOKUP_SHORT
+
+    task = {"train": list(LOOKUP_SHORT), "eval": {"train": None, "default": ["associative_lookup", {}]}}
+    spec = {"models": {"linear_memory": ["linear_memory", {}], "slot_memory 32 slots": ["slot_memory",
+                                                                                       {"num_slots": 32}],
+                       "tiny_transformer": ["tiny_transformer", {}]},
+            "tasks": {"associative_lookup": task}}
+    rows = []
+    for label, n, acc in (("linear_memory", seeds_of_linear, 0.5), ("slot_memory 32 slots", 5, 0.9),
+                          ("tiny_transformer", 5, 0.6)):
+        for seed in range(n):
+            rows.append({"model": label, "task": "associative_lookup", "seed": seed, "lr": 3e-3, "selected": True,
+                         "eval": {"default": {"accuracy": acc + seed / 100}}})
+        rows.append({"model": label, "task": "associative_lookup", "seed": 0, "lr": 1e-2, "selected": False,
+                     "eval": {"default": {"accuracy": 0.0}}})       # a rate the tuning did not choose
+    return {"spec": spec, "rows": rows}
+
+
+def test_matched_frontier_reads_the_chosen_rows_and_counts_the_kv_cache_at_the_eval_length():
+    from memorylib.analysis import state_bytes
+    from memorylib.capstone import matched_frontier
+    from memorylib.registry import build_model, build_task
+
+    families = {"linear_memory": ("linear memory", None), "slot_memory 32 slots": ("slot memory", 32),
+                "tiny_transformer": ("full attention", None)}
+    out = matched_frontier(_sweep_record(), families)
+    assert out["linear memory"] == [{"size": None, "state_bytes": 12288, "seeds": [0, 1, 2, 3, 4], "mean": 0.52,
+                                     "low": 0.5, "high": 0.54}]
+    assert out["slot memory"][0]["size"] == 32 and out["slot memory"][0]["low"] == 0.9
+    kv = state_bytes(build_model("tiny_transformer"))["per_token"]
+    assert kv > 0 and out["full attention"][0]["state_bytes"] == kv * build_task("associative_lookup").seq_len
+
+
+def test_matched_frontier_refuses_an_unfinished_model_and_an_unknown_one():
+    from memorylib.capstone import matched_frontier
+
+    with pytest.raises(ValueError, match="'linear_memory' has 3 seed"):
+        matched_frontier(_sweep_record(seeds_of_linear=3), {"linear_memory": ("linear memory", None)})
+    with pytest.raises(ValueError, match="'delta_memory' is not a model of the sweep"):
+        matched_frontier(_sweep_record(), {"delta_memory": ("delta memory", None)})
+    with pytest.raises(ValueError, match="task must be one of"):
+        matched_frontier(_sweep_record(), {}, task="multi_hop")
+
+
+def test_frontier_figure_of_one_step_has_no_slider_and_stars_every_reference():
+    from memorylib.capstone import matched_frontier
+    from memorylib.figures import frontier_figure
+
+    families = {"linear_memory": ("linear memory", None), "slot_memory 32 slots": ("slot memory", 32),
+                "tiny_transformer": ("full attention", None)}
+    curves = matched_frontier(_sweep_record(), families)
+    fig = frontier_figure({8: {"lookup": curves}}, {8: {"lookup": 0.37}}, reference=["full attention"],
+                          panel="{}, 8 facts")
+    assert not fig.layout.sliders
+    assert fig.layout.annotations[0].text == "lookup, 8 facts"
+    marks = {t.name: t.marker.symbol for t in fig.data if t.name != "keyless floor"}
+    assert marks == {"linear memory": "circle", "slot memory": "circle", "full attention": "star"}

@@ -16,8 +16,10 @@ sequences: the record keeps those rows and the frontier has no Titans point); th
 its learned keep score, the checkpoints of ``needle_family.py`` (sidecar K = 32 in training), read
 with K = 0 / 8 / 16 / 32 / 64 entries (the cache's capacity changed at evaluation only; the run says
 so). Local attention alone (its window is the only state) and full attention (its key-value cache
-grows with every token) are the two reference points. Each family's outer learning rate is chosen
-from the grid on seed 0's validation sequences at its middle size and used at every size.
+grows with every token) are the two reference points; full attention is also trained three times
+longer (1,200 steps, at the rate tuned for 400) to ask whether its failure is training or state.
+Each family's outer learning rate is chosen from the grid on seed 0's validation sequences at its
+middle size and used at every size.
 
 State is :func:`memorylib.analysis.state_bytes` (memory + local attention's window, + the key-value
 cache at 512 tokens for full attention), in float32.
@@ -64,7 +66,12 @@ FAMILIES = {
     "MLP memory": ("mlp_memory", ("hidden",), (16, 32, 64)),
     "local attention": ("local_transformer", (), (None,)),
     "full attention": ("tiny_transformer", (), (None,)),
+    "full attention trained 3x longer": ("tiny_transformer", (), (None,)),
 }
+# A family trained with more steps than the recipe's, at the rate tuned for another family (so a
+# longer run asks one question: does more training, not another rate, change the answer?)
+STEPS = {"full attention trained 3x longer": 3 * nf.RECIPE["steps"]}
+RATE_FROM = {"full attention trained 3x longer": "full attention"}
 KEEP_FAMILY, KEEP_SIZES = "full model with learned keep", (0, 8, 16, 32, 64)
 
 
@@ -138,7 +145,8 @@ def train_point(family: str, size, seed: int, lr: float, recipe: dict, command: 
         update(OUT, lambda record: record["train_rows"].append(row), seconds, command)
         print(f"{label} seed {seed} lr {lr:g}: {err}", flush=True)
         return
-    row = {"model": label, "family": family, "size": size, "seed": seed, "lr": lr, "history": fit["history"],
+    row = {"model": label, "family": family, "size": size, "seed": seed, "lr": lr, "steps": recipe["steps"],
+           "history": fit["history"],
            "validation": validation, "validation_mean": round(sum(validation) / len(validation), 4),
            "train_seconds": round(seconds, 1), "checkpoint": path.name}
     update(OUT, lambda record: record["train_rows"].append(row), seconds, command)
@@ -181,6 +189,9 @@ def main(argv: list[str]) -> int:
         recipe["steps"] = 20
     CKPT.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "experiments/frontier.py", *argv])
+    missing = [f for f in FAMILIES if f not in read_record(OUT)["families"]]
+    if missing:        # a family added to the script after the record was started
+        update(OUT, lambda record: record["families"].update({f: list(FAMILIES[f]) for f in missing}), 0.0, command)
     if not read_record(OUT)["floors"]:
         floors = {key: keyless_floor(task, num_examples=num_examples, seed=0) for key, task in eval_tasks().items()}
         update(OUT, lambda record: record.update(floors=floors), 0.0, command)
@@ -193,21 +204,24 @@ def main(argv: list[str]) -> int:
             for size in sorted(sizes, key=lambda s: s != middle(family)):     # the tuned size first
                 label = point_label(family, size)
                 record = read_record(OUT)
-                tuned = nf.chosen_lr(record, point_label(family, middle(family)))
-                rates = nf.LR_GRID if seed == 0 and size == middle(family) else [tuned]
+                tuning_family = RATE_FROM.get(family, family)
+                tuned = nf.chosen_lr(record, point_label(tuning_family, middle(tuning_family)))
+                own_tuning = seed == 0 and size == middle(family) and family not in RATE_FROM
+                rates = nf.LR_GRID if own_tuning else [tuned]
                 if None in rates:
-                    tuning = point_label(family, middle(family))
+                    tuning = point_label(tuning_family, middle(tuning_family))
                     tuned_all = {r["lr"] for r in record["train_rows"]
                                  if r["model"] == tuning and r["seed"] == 0} >= set(nf.LR_GRID)
                     print(f"{label} seed {seed}: " + ("every rate of the grid diverged at the middle size" if tuned_all
                                                       else "waits for seed 0's tuning at the middle size"), flush=True)
                     continue
                 done = {(r["seed"], r["lr"]) for r in record["train_rows"] if r["model"] == label}
+                steps = STEPS.get(family, nf.RECIPE["steps"]) if not args.quick else recipe["steps"]
                 for lr in rates:
                     if (seed, lr) not in done:
-                        train_point(family, size, seed, lr, recipe, command)
+                        train_point(family, size, seed, lr, {**recipe, "steps": steps}, command)
                 record = read_record(OUT)
-                lr = nf.chosen_lr(record, point_label(family, middle(family)))
+                lr = nf.chosen_lr(record, point_label(tuning_family, middle(tuning_family)))
                 if any(r["model"] == label and r["seed"] == seed for r in record["points"]):
                     continue
                 if lr is None:      # the tuning has just run, and every rate of the grid diverged

@@ -17,7 +17,8 @@ its learned keep score, the checkpoints of ``needle_family.py`` (sidecar K = 32 
 with K = 0 / 8 / 16 / 32 / 64 entries (the cache's capacity changed at evaluation only; the run says
 so). Local attention alone (its window is the only state) and full attention (its key-value cache
 grows with every token) are the two reference points; full attention is also trained three times
-longer (1,200 steps, at the rate tuned for 400) to ask whether its failure is training or state.
+longer (1,200 steps, at the rate tuned for 400) to ask whether its failure is training or state,
+and so is the delta memory at its middle width.
 Each family's outer learning rate is chosen from the grid on seed 0's validation sequences at its
 middle size and used at every size.
 
@@ -67,11 +68,13 @@ FAMILIES = {
     "local attention": ("local_transformer", (), (None,)),
     "full attention": ("tiny_transformer", (), (None,)),
     "full attention trained 3x longer": ("tiny_transformer", (), (None,)),
+    "delta memory trained 3x longer": ("delta_memory", ("key_dim", "value_dim"), (32,)),
 }
 # A family trained with more steps than the recipe's, at the rate tuned for another family (so a
 # longer run asks one question: does more training, not another rate, change the answer?)
-STEPS = {"full attention trained 3x longer": 3 * nf.RECIPE["steps"]}
-RATE_FROM = {"full attention trained 3x longer": "full attention"}
+STEPS = {"full attention trained 3x longer": 3 * nf.RECIPE["steps"],
+         "delta memory trained 3x longer": 3 * nf.RECIPE["steps"]}
+RATE_FROM = {"full attention trained 3x longer": "full attention", "delta memory trained 3x longer": "delta memory"}
 KEEP_FAMILY, KEEP_SIZES = "full model with learned keep", (0, 8, 16, 32, 64)
 
 

@@ -22,6 +22,9 @@ and so is the delta memory at its middle width.
 Each family's outer learning rate is chosen from the grid on seed 0's validation sequences at its
 middle size and used at every size.
 
+The trained models go to ``book/results/ch07_frontier/`` and are not committed (tens of MB): the
+record holds every number the chapter reads, and this script writes them again.
+
 State is :func:`memorylib.analysis.state_bytes` (memory + local attention's window, + the key-value
 cache at 512 tokens for full attention), in float32.
 """

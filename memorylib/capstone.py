@@ -146,7 +146,33 @@ REDUCED_MATCHED = {
 }
 """The matched sweep in miniature, for the tests: tuning, per-label options, floors."""
 
-PRESETS = {"capstone": CAPSTONE, "matched": MATCHED, "reduced": REDUCED, "reduced-matched": REDUCED_MATCHED}
+FRONTIER_LOOKUP = {
+    **MATCHED,
+    "name": "frontier-lookup",
+    "out": "book/results/ch07_lookup_frontier.json",
+    # chapter 7's lookup frontier: the sizes the matched sweep does not train, on its lookup task and
+    # with its recipe (the same grid, seeds and evaluation), so the two records read as one
+    "models": {
+        "slot_memory 4 slots": ("slot_memory", {"num_slots": 4}),
+        "slot_memory 64 slots": ("slot_memory", {"num_slots": 64}),
+        "linear_memory 16 wide": ("linear_memory", {"key_dim": 16, "value_dim": 16}),
+        "linear_memory 64 wide": ("linear_memory", {"key_dim": 64, "value_dim": 64}),
+        "delta_memory 16 wide": ("delta_memory", {"key_dim": 16, "value_dim": 16}),
+        "delta_memory 64 wide": ("delta_memory", {"key_dim": 64, "value_dim": 64}),
+        "titans_memory 16 hidden": ("titans_memory", {"hidden": 16}),
+        "titans_memory 64 hidden": ("titans_memory", {"hidden": 64}),
+        "full_memory 32 cached": ("full_memory", {"sidecar": 32}),
+        "full_memory 64 cached": ("full_memory", {"sidecar": 64}),
+    },
+    "tasks": {"associative_lookup": MATCHED["tasks"]["associative_lookup"]},
+    "only": {},
+    "length_extrapolation": None,
+    "checkpoints": {},
+}
+
+PRESETS = {"capstone": CAPSTONE, "matched": MATCHED, "frontier-lookup": FRONTIER_LOOKUP, "reduced": REDUCED,
+           "reduced-matched": REDUCED_MATCHED}
+RECIPE_KEYS = ("lr_grid", "tune_seeds", "tune_on", "steps", "batch_size", "warmup", "num_examples", "seeds")
 
 
 def _task(entry):
@@ -207,12 +233,14 @@ def summary_table(rows: list[dict], eval_name: str = "default") -> dict:
                     for task, vals in by_task.items()} for model, by_task in values.items()}
 
 
-def matched_frontier(record: dict, families: dict, task: str = "associative_lookup", eval_name: str = "default",
+def matched_frontier(records, families: dict, task: str = "associative_lookup", eval_name: str = "default",
                      min_seeds: int = 5) -> dict:
     """A sweep's models as points of a recall–state frontier (the format of
     :func:`memorylib.analysis.frontier_points`): ``{family: [point, ...]}`` in order of state, each
     point ``{"size", "state_bytes", "seeds", "mean", "low", "high"}`` over the :func:`selected` rows
-    of ``task`` on ``eval_name``. ``families``: ``{model label of the sweep: (family, size)}``.
+    of ``task`` on ``eval_name``. ``records``: one sweep record or a list of them, run with one recipe
+    (the same grid, seeds, steps and ``task``; anything else is an error that names the difference),
+    e.g. the matched sweep and :data:`FRONTIER_LOOKUP`. ``families``: ``{model label: (family, size)}``.
     State is :func:`memorylib.analysis.state_bytes` of the model as the sweep builds it, with full
     attention's key-value cache counted at the length of the ``eval_name`` sequences. A model with
     fewer than ``min_seeds`` seeds in the record is an error that names it (a partial row would
@@ -221,17 +249,32 @@ def matched_frontier(record: dict, families: dict, task: str = "associative_look
     from .registry import build_model
 
     check_int("min_seeds", min_seeds, 1)
-    spec, models = record["spec"], models_of(record["spec"])
+    records = [records] if isinstance(records, dict) else list(records)
+    if not records:
+        raise ValueError("records must hold at least one sweep record")
+    spec = records[0]["spec"]
     if task not in spec["tasks"]:
         raise ValueError(f"task must be one of the sweep's tasks {sorted(spec['tasks'])}, got {task!r}")
+    for other in records[1:]:
+        o = other["spec"]
+        differ = [k for k in RECIPE_KEYS if o.get(k) != spec.get(k)]
+        if task not in o["tasks"] or o["tasks"][task] != spec["tasks"][task]:
+            differ.append(f"tasks[{task!r}]")
+        if differ:
+            raise ValueError(f"the sweeps {spec.get('name')!r} and {o.get('name')!r} differ in {differ}: "
+                             "their rows are not one comparison")
+    models, rows_of = {}, {}
+    for record in records:
+        for label, entry in models_of(record["spec"]).items():
+            models.setdefault(label, entry)
+            rows_of.setdefault(label, [r for r in record["rows"] if r["model"] == label])
     entry = spec["tasks"][task]["eval"].get(eval_name) or spec["tasks"][task]["train"]
     length = _task(entry).seq_len
     out: dict = {}
     for label, (family, size) in families.items():
         if label not in models:
             raise ValueError(f"{label!r} is not a model of the sweep; its models: {sorted(models)}")
-        rows = sorted((r for r in selected(record["rows"]) if r["model"] == label and r["task"] == task),
-                      key=lambda r: r["seed"])
+        rows = sorted((r for r in selected(rows_of[label]) if r["task"] == task), key=lambda r: r["seed"])
         if len(rows) < min_seeds:
             raise ValueError(f"{label!r} has {len(rows)} seed(s) of {task!r} in the record, fewer than "
                              f"min_seeds={min_seeds}: the sweep has not finished it")

@@ -973,8 +973,9 @@ def _stream(args, argv: list) -> int:
 def _sweep_arguments(p) -> None:
     p.add_argument("--preset", default="capstone", metavar="NAME",
                    help="capstone (the book's table; hours on 2 cores), matched (the capstone at matched budgets, "
-                        "learning rates tuned on a validation stream; many hours), reduced or reduced-matched "
-                        "(seconds; what the tests run)")
+                        "learning rates tuned on a validation stream; many hours), frontier-lookup (chapter 7's "
+                        "lookup frontier: the matched sweep's lookup at other memory sizes; hours), reduced or "
+                        "reduced-matched (seconds; what the tests run)")
     p.add_argument("--models", metavar="A,B", help="only these models (comma-separated labels of the sweep)")
     p.add_argument("--tasks", metavar="X,Y", help="only these tasks")
     p.add_argument("--seeds", type=_int_at_least(0), nargs="+", metavar="N", help="only these seeds")

@@ -424,3 +424,28 @@ def test_frontier_figure_of_one_step_has_no_slider_and_stars_every_reference():
     assert fig.layout.annotations[0].text == "lookup, 8 facts"
     marks = {t.name: t.marker.symbol for t in fig.data if t.name != "keyless floor"}
     assert marks == {"linear memory": "circle", "slot memory": "circle", "full attention": "star"}
+
+
+def test_matched_frontier_reads_two_sweeps_of_one_recipe_and_refuses_two_recipes():
+    from memorylib.capstone import matched_frontier
+
+    a, b = _sweep_record(), _sweep_record()
+    b["spec"] = {**b["spec"], "models": {"delta_memory 16 wide": ["delta_memory", {"key_dim": 16,
+                                                                                   "value_dim": 16}]}}
+    b["rows"] = [{**r, "model": "delta_memory 16 wide"} for r in b["rows"] if r["model"] == "linear_memory"]
+    out = matched_frontier([a, b], {"linear_memory": ("linear memory", None),
+                                    "delta_memory 16 wide": ("delta memory", 16)})
+    assert out["delta memory"][0]["state_bytes"] == 16 * 16 * 4 + 8192 and out["delta memory"][0]["mean"] == 0.52
+    b["spec"] = {**b["spec"], "steps": 600}
+    with pytest.raises(ValueError, match=r"differ in \['steps'\]"):
+        matched_frontier([a, b], {"linear_memory": ("linear memory", None)})
+
+
+def test_the_lookup_frontier_preset_is_the_matched_sweep_at_other_sizes():
+    from memorylib.capstone import FRONTIER_LOOKUP, MATCHED, RECIPE_KEYS, models_of
+
+    assert all(FRONTIER_LOOKUP[k] == MATCHED[k] for k in RECIPE_KEYS)
+    assert FRONTIER_LOOKUP["tasks"]["associative_lookup"] == MATCHED["tasks"]["associative_lookup"]
+    ours, theirs = models_of(FRONTIER_LOOKUP), models_of(MATCHED)
+    assert not set(ours) & set(theirs)                            # no model trained twice
+    assert not [v for v in ours.values() if v in theirs.values()]  # nor one size under two names

@@ -134,6 +134,13 @@ def update(out: pathlib.Path, change, seconds: float, command: str) -> dict:
     return record
 
 
+def _add_once(rows: list, row: dict, key: tuple) -> None:
+    """Append ``row`` unless a row with the same ``key`` fields is there already (two processes that
+    ran the same point: the runs are deterministic, so the first is kept)."""
+    if not any(all(r.get(k) == row[k] for k in key) for r in rows):
+        rows.append(row)
+
+
 def checkpoint_file(label: str, seed: int, lr: float) -> pathlib.Path:
     return CKPT / f"{label.replace(' ', '_').replace(',', '')}_seed{seed}_lr{lr:g}.pt"
 
@@ -148,14 +155,14 @@ def train_point(family: str, size, seed: int, lr: float, recipe: dict, command: 
     except TrainingDiverged as err:
         seconds = time.perf_counter() - start
         row = nf.diverged_row(label, seed, lr, err, seconds, family=family, size=size)
-        update(OUT, lambda record: record["train_rows"].append(row), seconds, command)
+        update(OUT, lambda record: _add_once(record["train_rows"], row, ("model", "seed", "lr")), seconds, command)
         print(f"{label} seed {seed} lr {lr:g}: {err}", flush=True)
         return
     row = {"model": label, "family": family, "size": size, "seed": seed, "lr": lr, "steps": recipe["steps"],
            "history": fit["history"],
            "validation": validation, "validation_mean": round(sum(validation) / len(validation), 4),
            "train_seconds": round(seconds, 1), "checkpoint": path.name}
-    update(OUT, lambda record: record["train_rows"].append(row), seconds, command)
+    update(OUT, lambda record: _add_once(record["train_rows"], row, ("model", "seed", "lr")), seconds, command)
     print(f"{label} seed {seed} lr {lr:g}: validation {validation} ({seconds:.0f} s)", flush=True)
 
 
@@ -172,7 +179,7 @@ def measure(model, label: str, family: str, size, seed: int, lr: float, command:
     row = {"model": label, "family": family, "size": size, "seed": seed, "lr": lr, "state": state,
            "state_bytes": total, "parameters": sum(p.numel() for p in model.parameters()), "cells": cells,
            "note": note, "seconds": round(seconds, 1)}
-    update(OUT, lambda record: record["points"].append(row), seconds, command)
+    update(OUT, lambda record: _add_once(record["points"], row, ("model", "seed")), seconds, command)
     n8 = {h: cells[f"multi_key N=8, {h}"]["accuracy"] for h in HAYSTACKS}
     print(f"{label} seed {seed}: {total:,} B, 8 needles {n8} ({seconds:.0f} s)", flush=True)
 

@@ -454,7 +454,8 @@ def test_reduced_sweep_writes_every_row_resumes_and_matches_the_library(tmp_path
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--preset", "huge"], "--preset must be one of capstone, matched, frontier-lookup, reduced, reduced-matched, got 'huge'"),
+    (["--preset", "huge"],
+     "--preset must be one of capstone, matched, frontier-lookup, reduced, reduced-matched, got 'huge'"),
     (["--preset", "reduced", "--models", "full_memroy"],
      "'full_memroy' is not a model of the reduced sweep (did you mean 'full_memory'?)"),
     (["--preset", "reduced", "--models", "slot_memory"], "its models: local_transformer, full_memory"),

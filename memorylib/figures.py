@@ -27,6 +27,7 @@ LINE_PX = 20                      # height of one line of a title, with its spac
 LEGEND_BELOW = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"}
 MAX_COLS = 2
 SLIDER_ROOM = 250                 # bottom margin of a figure with a slider and a legend
+LEGEND_ROW_PX = 30                # one row of a horizontal legend
 
 # token roles in token_figure, in colour order
 STRIP_ROLES = ["filler", "SET", "ASK", "key", "value", "scored key", "answer", "evidence"]
@@ -75,21 +76,29 @@ def title_layout(text: str | None, height: int) -> dict:
 
 
 def finish(fig: go.Figure, title: str | None, height: int, *, gap: int = 10, legend: bool = True,
-           margin: dict | None = None, title_lines: int | None = None, **layout) -> go.Figure:
+           margin: dict | None = None, title_lines: int | None = None, legend_rows: int = 3,
+           **layout) -> go.Figure:
     """Apply the book's layout (see ``TITLE_CHARS``): template, title, legend under the figure,
     axes that make room for their labels. ``gap``: pixels between the title and the plot area
     (panel titles, a slider's label); ``title_lines``: lines to make room for when a slider
-    changes the title (default: the title's own)."""
+    changes the title (default: the title's own); ``legend_rows``: the rows a legend under a
+    slider may take on a phone (room is kept for them)."""
     lines = title_lines or _lines(wrap(title))
-    bottom = 12
+    bottom, legend_layout = 12, LEGEND_BELOW
     if legend and layout.get("sliders"):
         # plotly places a slider under the plot area and a legend at the figure's foot without
-        # stacking them: keep room for the slider (under the axis title) and up to three rows of
-        # legend below it
-        bottom, height = SLIDER_ROOM, height + SLIDER_ROOM - 120
+        # stacking them: keep room for the slider (under the axis title) and the legend's rows
+        # (three by default) below it
+        extra = LEGEND_ROW_PX * (legend_rows - 2) if legend_rows > 3 else 0     # and a row to spare
+        bottom, height = SLIDER_ROOM + extra, height + SLIDER_ROOM + extra - 120
+        if extra:
+            # a legend anchored at the foot keeps its top where the widest screen put it and runs
+            # off the figure on a phone; hung from its top, it grows down into the room kept
+            legend_layout = {**LEGEND_BELOW, "y": round((LEGEND_ROW_PX * (legend_rows + 1)) / height, 4),
+                             "yanchor": "top"}
     fig.update_layout(template=TEMPLATE, height=height, title=title_layout(title, height),
                       margin={"l": 60, "r": 24, "t": 12 + LINE_PX * lines + gap, "b": bottom, **(margin or {})},
-                      legend=LEGEND_BELOW if legend else None, showlegend=None if legend else False, **layout)
+                      legend=legend_layout if legend else None, showlegend=None if legend else False, **layout)
     fig.update_xaxes(automargin=True)
     fig.update_yaxes(automargin=True)
     return fig
@@ -1158,7 +1167,7 @@ def eval_figure(results: dict[str, dict], title: str | None = None, line: str = 
 
 def frontier_figure(curves: dict, floors: dict, active=None, reference=("full attention",),
                     title: str = "How much recall a byte of state buys", panel: str = "{} haystack",
-                    slider: str = "needles in the stream, one asked: ") -> go.Figure:
+                    slider: str = "needles in the stream, one asked: ", labels: dict | None = None) -> go.Figure:
     """The recall–state frontier: a slider over the number of needles ``N``; on each step, one
     panel per haystack with accuracy against bytes of state (log axis), each memory family a line
     through its sizes (markers at the mean over training seeds, bars from the lowest to the highest
@@ -1167,7 +1176,9 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference=("full at
 
     curves, floors: from :func:`memorylib.analysis.frontier_curves` (or ``{step: {panel: curves}}``
     from :func:`memorylib.capstone.matched_frontier`); ``panel`` formats each panel's title from its
-    key, ``slider`` is the slider's prefix. Introduced in chapter 7."""
+    key, ``slider`` is the slider's prefix; ``labels``: shorter legend names for some families. The
+    legend gets room for its rows at a phone's width. Introduced in chapter 7."""
+    labels = labels or {}
     reference = (reference,) if isinstance(reference, str) else tuple(reference or ())
     if not curves:
         raise ValueError("curves must hold at least one number of needles")
@@ -1190,7 +1201,7 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference=("full at
                 star = family in reference
                 colour = ("#333", "#999")[reference.index(family) % 2] if star else PALETTE[i % len(PALETTE)]
                 fig.add_trace(go.Scatter(
-                    x=[q["state_bytes"] for q in pts], y=[q["mean"] for q in pts], name=family,
+                    x=[q["state_bytes"] for q in pts], y=[q["mean"] for q in pts], name=labels.get(family, family),
                     mode="markers" if star else "lines+markers",
                     marker={"color": colour, "symbol": "star" if star else "circle", "size": 12 if star else 8},
                     line={"color": colour},
@@ -1217,7 +1228,10 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference=("full at
     fig.update_yaxes(title="accuracy", col=1)
     if len(needles) == 1:
         return finish(fig, title, height, gap=gap)
-    return finish(fig, title, height, gap=gap,
+    # a phone's legend row holds two short names (16 characters or fewer) or one long one
+    names = [labels.get(f, f) for f in families] + ["keyless floor"]
+    long = sum(len(n) > 16 for n in names)
+    return finish(fig, title, height, gap=gap, legend_rows=long + (len(names) - long + 1) // 2,
                   sliders=[{"active": active_index, "steps": steps, "currentvalue": {"prefix": slider},
                             "pad": {"t": 60}}])
 

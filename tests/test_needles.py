@@ -449,3 +449,18 @@ def test_the_lookup_frontier_preset_is_the_matched_sweep_at_other_sizes():
     ours, theirs = models_of(FRONTIER_LOOKUP), models_of(MATCHED)
     assert not set(ours) & set(theirs)                            # no model trained twice
     assert not [v for v in ours.values() if v in theirs.values()]  # nor one size under two names
+
+
+def test_a_tall_legend_under_a_slider_hangs_from_its_top_with_room_kept_for_its_rows():
+    import plotly.graph_objects as go
+
+    from memorylib.figures import LEGEND_BELOW, finish
+
+    slider = [{"steps": [{"label": "1", "method": "update", "args": [{}]}]}]
+    short = finish(go.Figure(), "t", 400, sliders=slider)
+    tall = finish(go.Figure(), "t", 400, sliders=slider, legend_rows=7)
+    assert short.layout.legend.yanchor == LEGEND_BELOW["yanchor"] == "bottom"
+    assert tall.layout.legend.yanchor == "top" and tall.layout.height == short.layout.height + 5 * 30
+    assert tall.layout.margin.b - short.layout.margin.b == 5 * 30
+    # the legend's top leaves room for its seven rows and one to spare above the figure's foot
+    assert abs(tall.layout.legend.y * tall.layout.height - 8 * 30) < 1

@@ -1185,6 +1185,7 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference=("full at
     needles = list(curves)
     haystacks = list(curves[needles[0]])
     families = list(dict.fromkeys(f for n in needles for h in haystacks for f in curves[n][h]))
+    plain = [f for f in families if f not in reference]
     xs = [p["state_bytes"] for n in needles for h in haystacks for f in curves[n][h] for p in curves[n][h][f]]
     lo, hi = min(xs), max(xs)
     height = 560
@@ -1194,16 +1195,18 @@ def frontier_figure(curves: dict, floors: dict, active=None, reference=("full at
     for j, n in enumerate(needles):
         for p, haystack in enumerate(haystacks):
             row, col = cells[p]
-            for i, family in enumerate(families):
+            for family in families:
                 pts = curves[n][haystack].get(family, [])
                 if not pts:
                     continue
                 star = family in reference
-                colour = ("#333", "#999")[reference.index(family) % 2] if star else PALETTE[i % len(PALETTE)]
+                k = plain.index(family) if not star else 0       # colours go to the families that are not stars
+                colour = ("#333", "#999")[reference.index(family) % 2] if star else PALETTE[k % len(PALETTE)]
+                symbol = "star" if star else ("circle", "diamond")[k // len(PALETTE) % 2]
                 fig.add_trace(go.Scatter(
                     x=[q["state_bytes"] for q in pts], y=[q["mean"] for q in pts], name=labels.get(family, family),
                     mode="markers" if star else "lines+markers",
-                    marker={"color": colour, "symbol": "star" if star else "circle", "size": 12 if star else 8},
+                    marker={"color": colour, "symbol": symbol, "size": 12 if star else 8},
                     line={"color": colour},
                     error_y={"type": "data", "symmetric": False, "color": colour, "thickness": 1,
                              "array": [round(q["high"] - q["mean"], 4) for q in pts],

@@ -464,3 +464,16 @@ def test_a_tall_legend_under_a_slider_hangs_from_its_top_with_room_kept_for_its_
     assert tall.layout.margin.b - short.layout.margin.b == 5 * 30
     # the legend's top leaves room for its seven rows and one to spare above the figure's foot
     assert abs(tall.layout.legend.y * tall.layout.height - 8 * 30) < 1
+
+
+def test_frontier_colours_go_to_the_families_that_are_not_stars_and_never_repeat_unmarked():
+    from memorylib.figures import PALETTE, frontier_figure
+
+    fams = [f"family {i}" for i in range(len(PALETTE) + 1)]
+    point = {"size": None, "state_bytes": 1000, "seeds": [0], "mean": 0.5, "low": 0.5, "high": 0.5}
+    curves = {8: {"lookup": {"full attention": [dict(point, state_bytes=9000)], **{f: [point] for f in fams}}}}
+    fig = frontier_figure(curves, {8: {"lookup": 0.3}})
+    marks = {t.name: (t.marker.color, t.marker.symbol) for t in fig.data if t.name != "keyless floor"}
+    assert marks["family 0"] == (PALETTE[0], "circle") and marks["full attention"][1] == "star"
+    assert marks[f"family {len(PALETTE)}"] == (PALETTE[0], "diamond")   # the colour again, another mark
+    assert len(set(marks.values())) == len(marks)

@@ -2,6 +2,8 @@
 
     python experiments/continual.py          # writes book/results/ch08_continual.json (after the matched sweep);
                                              # resumable: each (model, seed) is kept as soon as it exists
+    python experiments/continual.py --models slot_memory,full_memory   # some models only: several
+                                             # processes can share the record (each adds its runs under a lock)
     python experiments/continual.py --quick  # one model, one seed, a few steps; writes nothing
 
 Each model (built with ``torch.manual_seed(seed)``) is trained on associative lookup, then changing
@@ -32,7 +34,7 @@ reproducible.apply()      # the book's thread count, before torch loads
 from memorylib.capstone import MATCHED, chosen_rate, diverged_everywhere  # noqa: E402
 from memorylib.cli import check_output  # noqa: E402
 from memorylib.continual import forgetting_curves, joint_training  # noqa: E402
-from memorylib.files import atomic_write_text  # noqa: E402
+from memorylib.files import atomic_write_text, locked  # noqa: E402
 from memorylib.registry import build_task  # noqa: E402
 from memorylib.tasks import TaskMixture  # noqa: E402
 from memorylib.training import evaluate  # noqa: E402
@@ -106,13 +108,35 @@ def write_record(out: pathlib.Path, record: dict) -> None:
     atomic_write_text(out, json.dumps(record, indent=1, allow_nan=False) + "\n")
 
 
+def add_to_record(out: pathlib.Path, protocol: dict, model: str, rates: dict, run: dict | None, seconds: float) -> dict:
+    """Re-read the record under its lock, add ``model``'s rates and ``run`` (unless another process
+    has added that (model, seed) meanwhile) and write it: processes given different models share
+    one file and lose nothing. Returns the record as written."""
+    with locked(out):
+        record = read_record(out, protocol)
+        record["rates"].setdefault(model, rates)
+        if run is not None and not any(r["model"] == run["model"] and r["seed"] == run["seed"]
+                                       for r in record["runs"]):
+            record["runs"].append(run)
+            record["seconds"] = round(record["seconds"] + seconds, 1)
+        write_record(out, record)
+    return record
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(OUT), help=f"the record (default {OUT.relative_to(ROOT)}; resumed if present)")
+    p.add_argument("--models", metavar="A,B", help=f"only these of {','.join(MODELS)} (comma-separated)")
     args = p.parse_args(argv)
     out = pathlib.Path(args.out)
     models, seeds, steps = (MODELS[:1], [0], 4) if args.quick else (MODELS, SEEDS, STEPS)
+    if args.models is not None:
+        chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in MODELS]
+        if unknown or not chosen:
+            p.error(f"--models {args.models!r}: {', '.join(unknown) or 'no model'} is not one of {', '.join(MODELS)}")
+        models = [m for m in models if m in chosen] if not args.quick else chosen[:1]
     examples = 8 if args.quick else EXAMPLES
     phases = [(name, build_task(MATCHED["tasks"][name]["train"][0], **MATCHED["tasks"][name]["train"][1]))
               for name in ORDER]
@@ -134,6 +158,8 @@ def main(argv: list[str]) -> int:
             joint_lr, tuning = joint_rate(model, phases, steps, examples)
             record["rates"][model] = {"phases": per_phase, "joint": joint_lr,
                                       "joint_tuning": {f"{k:g}": v for k, v in tuning.items()}}
+            if not args.quick:
+                record = add_to_record(out, protocol, model, record["rates"][model], None, 0.0)
         for seed in seeds:
             if any(r["model"] == model and r["seed"] == seed for r in record["runs"]):
                 continue
@@ -142,15 +168,16 @@ def main(argv: list[str]) -> int:
             r["seed"] = seed
             r["joint"] = joint_training(model, phases, steps=steps, batch_size=BATCH, lr=joint_lr, seed=seed,
                                         num_examples=examples)
-            record["runs"].append(r)
-            record["seconds"] = round(record["seconds"] + time.perf_counter() - started, 1)
+            seconds = time.perf_counter() - started
             started = time.perf_counter()
-            if not args.quick:
-                write_record(out, record)
+            if args.quick:
+                record["runs"].append(r)
+            else:
+                record = add_to_record(out, protocol, model, record["rates"][model], r, seconds)
             print(f"{model:18s} seed {seed}: final {[r['accuracy'][t][-1] for t in ORDER]}, "
                   f"forgetting {r['forgetting']}, joint {r['joint']['accuracy']} ({r['seconds']} s)", flush=True)
     if not args.quick:
-        write_record(out, record)
+        record = add_to_record(out, protocol, models[0], record["rates"][models[0]], None, 0.0)
         print(f"{out}: {len(record['runs'])} runs, {record['seconds']} s in all")
     return 0
 

@@ -70,3 +70,38 @@ def test_a_record_of_another_protocol_is_refused(script, tmp_path):
     out.write_text("{not json")
     with pytest.raises(SystemExit, match="not a readable JSON record"):
         script.main(["--out", str(out)])
+
+
+def test_processes_given_different_models_share_one_record(script, tmp_path, monkeypatch):
+    out = tmp_path / "continual.json"
+    monkeypatch.setattr(script, "MODELS", ["local_transformer", "slot_memory"])
+    monkeypatch.setattr(script, "SEEDS", [0])
+    real = script.forgetting_curves
+    protocol = {}
+
+    def with_a_neighbour(model, *a, **k):
+        # while this process trains the slot memory, another one adds its transformer run
+        if model == "slot_memory":
+            record = json.loads(out.read_text())
+            protocol.update({key: record[key] for key in ("order", "tasks", "steps_per_phase", "eval_every",
+                                                           "batch_size", "num_examples")})
+            script.add_to_record(out, protocol, "local_transformer", {"joint": 3e-3},
+                                 {"model": "local_transformer", "seed": 0, "from": "the other process"}, 1.0)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(script, "forgetting_curves", with_a_neighbour)
+    assert script.main(["--out", str(out), "--models", "slot_memory"]) == 0
+    record = json.loads(out.read_text())
+    assert sorted((r["model"], r["seed"]) for r in record["runs"]) == [("local_transformer", 0), ("slot_memory", 0)]
+    assert set(record["rates"]) == {"local_transformer", "slot_memory"}
+    # the transformer's run is in the file, so a process given every model does not train it again
+    calls = []
+    monkeypatch.setattr(script, "forgetting_curves", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert script.main(["--out", str(out)]) == 0 and calls == []
+
+
+def test_an_unknown_model_is_refused_by_name(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--models", "full_memory,no_such_model"])
+    err = capsys.readouterr().err
+    assert "no_such_model" in err and "local_transformer" in err

@@ -1007,14 +1007,21 @@ def capstone_figure(table: dict, models: list, tasks: list, labels: dict | None 
                          "tickfont": {"size": 11}})
 
 
-def forgetting_figure(results: dict, title: str = "Tasks one after another: learning and forgetting") -> go.Figure:
+def forgetting_figure(results: dict, title: str = "Tasks one after another: learning and forgetting",
+                      reference: dict | None = None) -> go.Figure:
     """One panel per model: held-out accuracy on every task (one line each) against training
     updates, with the phases (which task is being trained) shaded. results: ``{model:
-    forgetting_curves(...) result}``. Introduced in chapter 8."""
+    forgetting_curves(...) result}``. ``reference``: ``{model: {task: accuracy}}``, e.g. the same
+    model trained on every task at once (:func:`memorylib.continual.joint_training`), drawn as a
+    dotted line of the task's colour across the panel. Introduced in chapter 8."""
     import math
 
     if not results:
         raise ValueError("results must hold at least one model")
+    reference = reference or {}
+    unknown = sorted(set(reference) - set(results))
+    if unknown:
+        raise ValueError(f"reference names models without curves: {unknown}; the models: {list(results)}")
     models = list(results)
     height = 170 + 270 * math.ceil(len(models) / MAX_COLS)
     fig, cells, gap = panels(len(models), models, height, shared_yaxes="all")
@@ -1029,6 +1036,13 @@ def forgetting_figure(results: dict, title: str = "Tasks one after another: lear
                                      line={"color": PALETTE[i % len(PALETTE)]}, legendgroup=task, showlegend=c == 0,
                                      hovertemplate=f"{m}: {task}<br>after %{{x}} updates: %{{y:.3f}}<extra></extra>"),
                           row=row, col=col)
+            if task in reference.get(m, {}):
+                y = round(reference[m][task], 3)
+                fig.add_trace(go.Scatter(x=[min(steps), max(steps)], y=[y, y], mode="lines", legendgroup=task,
+                                         name=f"{task}: all tasks at once", showlegend=False,
+                                         line={"color": PALETTE[i % len(PALETTE)], "dash": "dot", "width": 1.5},
+                                         hovertemplate=f"{m}: {task}, trained on all tasks at once: {y:.3f}"
+                                                       "<extra></extra>"), row=row, col=col)
         # every other phase shaded (after the traces: plotly skips empty panels)
         for p in range(1, len(phases), 2):
             fig.add_vrect(x0=p * per_phase, x1=(p + 1) * per_phase, fillcolor="#eee", line_width=0,

@@ -43,6 +43,13 @@ def test_forgetting_figure_one_panel_per_model():
     assert len(fig.layout.shapes) == 2            # the second phase shaded in each panel
     with pytest.raises(ValueError, match="at least one model"):
         forgetting_figure({})
+    # the joint-training reference: a dotted line per task at its accuracy, in the task's colour
+    fig = forgetting_figure({"x": curve, "y": curve}, reference={"y": {"a": 0.75}})
+    dotted = [t for t in fig.data if t.line.dash == "dot"]
+    assert len(dotted) == 1 and list(dotted[0].y) == [0.75, 0.75] and list(dotted[0].x) == [0, 20]
+    assert dotted[0].line.color == fig.data[0].line.color and dotted[0].xaxis == fig.data[2].xaxis
+    with pytest.raises(ValueError, match=r"reference names models without curves: \['z'\]"):
+        forgetting_figure({"x": curve}, reference={"z": {"a": 0.5}})
 
 
 def test_dashboard_results_and_figure():

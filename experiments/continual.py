@@ -177,7 +177,8 @@ def main(argv: list[str]) -> int:
             print(f"{model:18s} seed {seed}: final {[r['accuracy'][t][-1] for t in ORDER]}, "
                   f"forgetting {r['forgetting']}, joint {r['joint']['accuracy']} ({r['seconds']} s)", flush=True)
     if not args.quick:
-        record = add_to_record(out, protocol, models[0], record["rates"][models[0]], None, 0.0)
+        with locked(out):                 # every process's runs, as the file holds them now
+            record = read_record(out, protocol)
         print(f"{out}: {len(record['runs'])} runs, {record['seconds']} s in all")
     return 0
 
